@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up .venv, make the shapes dataset, convert it, train and evaluate on the CPU
+#   make test   set up .venv (with test tools), run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= demo_out
+DEMO_STEPS ?= 800
+
+.PHONY: demo test test-fast test-imgaug setup clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(PY) tools/demo.py --output $(DEMO_DIR) --train-steps $(DEMO_STEPS)
+
+test: setup
+	$(PY) -m pytest -q
+	$(MAKE) test-imgaug
+
+# The imgaug adapter needs numpy<2, so it is tested for real in a second environment.
+test-imgaug:
+	bash ci/imgaug_env.sh
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,1 @@
+"""Data: COCO reading and checks, TFRecord conversion, statistics, sampling, augmentation."""

@@ -1,0 +1,1 @@
+"""Per-class evaluation: COCO AP per class, confusion matrix, collapse alarm, reports."""

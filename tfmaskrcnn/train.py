@@ -1,0 +1,58 @@
+"""Training driver behind `tools/train.py`: Model Garden's, with the config resolved first.
+
+The config is resolved against the data (label map, num_classes, class weights, sampling
+threshold) before `params.yaml` is written, so the model dir records exactly what ran.
+Re-running on the same model dir resumes from its last checkpoint (Model Garden's trainer
+restores it).
+"""
+
+from __future__ import annotations
+
+from absl import flags
+from absl import logging
+from official.common import distribute_utils
+from official.common import flags as tfm_flags
+from official.core import task_factory
+from official.core import train_lib
+from official.core import train_utils
+from official.modeling import performance
+
+from tfmaskrcnn import experiment
+from tfmaskrcnn import registry_imports  # pylint: disable=unused-import
+
+FLAGS = flags.FLAGS
+
+
+def run(params, model_dir: str, mode: str):
+  """Resolves, records and runs one experiment; returns (model, eval metrics)."""
+  label_map = experiment.resolve_config(params.task)
+  if 'train' in mode:
+    # Pure eval modes write no yaml, so a continuous eval job cannot race the trainer.
+    train_utils.serialize_config(params, model_dir)
+    experiment.write_resolution_report(params.task, label_map, model_dir)
+  if params.runtime.mixed_precision_dtype:
+    performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
+  strategy = distribute_utils.get_distribution_strategy(
+      distribution_strategy=params.runtime.distribution_strategy,
+      all_reduce_alg=params.runtime.all_reduce_alg,
+      num_gpus=params.runtime.num_gpus,
+      tpu_address=params.runtime.tpu)
+  with strategy.scope():
+    task = task_factory.get_task(params.task, logging_dir=model_dir)
+  logging.info('Classes: %s', ', '.join(label_map.names))
+  return train_lib.run_experiment(
+      distribution_strategy=strategy, task=task, mode=mode, params=params,
+      model_dir=model_dir, run_post_eval='eval' in mode)
+
+
+def main(_):
+  params = train_utils.parse_configuration(FLAGS)
+  _, eval_logs = run(params, FLAGS.model_dir, FLAGS.mode)
+  if eval_logs:
+    from tfmaskrcnn.evaluation import summary  # pylint: disable=g-import-not-at-top
+    print(summary.format_eval_logs(eval_logs))
+
+
+def define_flags():
+  tfm_flags.define_flags()
+  flags.mark_flags_as_required(['experiment', 'mode', 'model_dir'])
