@@ -23,23 +23,34 @@ class ConfigError(ValueError):
   """A config that cannot train what the user means; the message says the fix."""
 
 
-def _first_pattern(input_path) -> str:
+def first_input_pattern(input_path) -> str:
   if isinstance(input_path, (list, tuple)):
     return input_path[0] if input_path else ''
   return str(input_path or '')
 
 
 def _stats_path_beside(input_path) -> Optional[str]:
-  pattern = _first_pattern(input_path)
+  pattern = first_input_pattern(input_path)
   if not pattern:
     return None
   path = os.path.join(os.path.dirname(pattern), DATASET_STATS_FILENAME)
   return path if tf.io.gfile.exists(path) else None
 
 
+def load_training_stats(input_path):
+  """Class statistics of the training set: the converter's dataset_stats.json beside the
+  records when there is one (instant), else one pass over the records."""
+  from tfmaskrcnn.data import stats as stats_lib  # pylint: disable=g-import-not-at-top
+  pattern = first_input_pattern(input_path)
+  stats_path = _stats_path_beside(pattern)
+  if stats_path:
+    return stats_lib.load_dataset_stats(stats_path)
+  return stats_lib.load_class_stats(pattern)
+
+
 def resolve_label_map(task_config) -> LabelMap:
   """Loads the label map named in the config or found beside the training records."""
-  path = task_config.label_map_path or find_label_map(_first_pattern(task_config.train_data.input_path))
+  path = task_config.label_map_path or find_label_map(first_input_pattern(task_config.train_data.input_path))
   if not path:
     raise ConfigError(
         'No label map: set task.label_map_path to the label_map.json written by '
@@ -76,7 +87,6 @@ def _fill_validation_count(task_config) -> None:
 
 def _resolve_class_weights(task_config, label_map: LabelMap) -> None:
   from tfmaskrcnn import losses  # pylint: disable=g-import-not-at-top
-  from tfmaskrcnn.data import stats as stats_lib  # pylint: disable=g-import-not-at-top
 
   weighting = task_config.class_balance.weighting
   num_classes = task_config.model.num_classes
@@ -87,8 +97,7 @@ def _resolve_class_weights(task_config, label_map: LabelMap) -> None:
         [1] * label_map.num_classes, scheme='explicit', weights=list(weighting.weights),
         background_weight=weighting.background_weight)
   else:
-    stats = stats_lib.load_class_stats(_first_pattern(task_config.train_data.input_path),
-                                       label_map=label_map)
+    stats = load_training_stats(task_config.train_data.input_path)
     weights = losses.compute_class_weights(
         stats.instance_counts, scheme=weighting.scheme, beta=weighting.beta,
         background_weight=weighting.background_weight, max_ratio=weighting.max_ratio)
@@ -103,7 +112,6 @@ def _resolve_class_weights(task_config, label_map: LabelMap) -> None:
 
 def _resolve_sampling(task_config, label_map: LabelMap) -> None:
   from tfmaskrcnn.data import sampling  # pylint: disable=g-import-not-at-top
-  from tfmaskrcnn.data import stats as stats_lib  # pylint: disable=g-import-not-at-top
 
   spec = task_config.train_data.sampling
   if spec.type not in ('none', 'repeat_factor', 'class_aware'):
@@ -111,9 +119,8 @@ def _resolve_sampling(task_config, label_map: LabelMap) -> None:
                       'repeat_factor or class_aware')
   if spec.type != 'repeat_factor' or spec.threshold is not None:
     return
-  stats = stats_lib.load_class_stats(_first_pattern(task_config.train_data.input_path),
-                                     label_map=label_map)
-  spec.threshold = float(sampling.choose_threshold(stats.image_frequency))
+  stats = load_training_stats(task_config.train_data.input_path)
+  spec.threshold = float(sampling.choose_threshold(stats.image_frequency()))
 
 
 def resolve_config(task_config) -> LabelMap:

@@ -32,7 +32,6 @@ from tfmaskrcnn import training_signals
 from tfmaskrcnn.data import augment_presets
 from tfmaskrcnn.data import parser as parser_lib
 from tfmaskrcnn.data import sampling
-from tfmaskrcnn.data import stats as stats_lib
 
 COLLAPSE_METRICS = ('fg_accuracy', 'fg_predicted_background')
 
@@ -86,17 +85,21 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
         mask_crop_size=parser.mask_crop_size,
         dtype=params.dtype)
 
-  def _build_sample_fn(self, params):
+  def _build_sample_fn(self, params, input_context=None):
     spec = getattr(params, 'sampling', None)
     if not params.is_training or spec is None or spec.type == 'none':
       return None
+    seed = spec.seed
+    if seed is not None and input_context is not None:
+      seed += input_context.input_pipeline_id  # each host draws its own stream
+    stats = experiment.load_training_stats(params.input_path)
     if spec.type == 'class_aware':
-      return sampling.make_class_aware_sample_fn(self.label_map.num_classes, seed=spec.seed)
-    stats = stats_lib.load_class_stats(
-        experiment._first_pattern(params.input_path), label_map=self.label_map)  # pylint: disable=protected-access
-    class_repeat = sampling.repeat_factors(stats.image_frequency, spec.threshold)
+      # Only classes present in the data: a class with no image would never yield.
+      return sampling.make_class_aware_sample_fn(
+          self.label_map.num_classes, seed=seed, class_ids=stats.present_class_ids())
+    class_repeat = sampling.repeat_factors(stats.image_frequency(), spec.threshold)
     return sampling.make_repeat_factor_sample_fn(
-        class_repeat, seed=spec.seed, shuffle_buffer=spec.shuffle_buffer_size)
+        class_repeat, seed=seed, shuffle_buffer=spec.shuffle_buffer_size)
 
   def build_inputs(self, params, input_context: Optional[tf.distribute.InputContext] = None,
                    dataset_fn: Optional[dataset_fn_lib.PossibleDatasetType] = None):
@@ -106,15 +109,16 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
         dataset_fn=dataset_fn or dataset_fn_lib.pick_dataset_fn(params.file_type),
         decoder_fn=self._build_decoder(params).decode,
         combine_fn=input_reader.create_combine_fn(params),
-        sample_fn=self._build_sample_fn(params),
+        sample_fn=self._build_sample_fn(params, input_context),
         parser_fn=self._build_parser(params).parse_fn(params.is_training))
     return reader.read(input_context=input_context)
 
   # ---------------------------------------------------------------- losses
   def _classification_loss(self):
     balance = self.task_config.class_balance
+    weights = balance.weighting.weights or [1.0] * self.task_config.model.num_classes
     return losses_lib.WeightedFastrcnnClassLoss(
-        class_weights=balance.weighting.weights,
+        class_weights=weights,
         normalization=balance.normalization,
         loss_type=balance.loss_type,
         focal_alpha=balance.focal_alpha,
@@ -137,9 +141,10 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
       # metrics of the same name; they do not enter total_loss.
       signals = training_signals.collapse_signals(outputs['class_outputs'],
                                                   outputs['class_targets'])
-      result['fg_accuracy'] = signals['fg_accuracy']
-      result['fg_predicted_background'] = signals['fg_predicted_background']
-      shares = signals['predicted_class_share']
+      result['fg_accuracy'] = signals['foreground_accuracy']
+      result['fg_predicted_background'] = signals['foreground_as_background']
+      histogram = tf.cast(signals['predicted_class_histogram'], tf.float32)
+      shares = tf.math.divide_no_nan(histogram, tf.reduce_sum(histogram))
       for class_id in range(1, self.label_map.num_classes + 1):
         result[self._share_metric_name(class_id)] = shares[class_id]
     return result

@@ -23,8 +23,12 @@ from tfmaskrcnn import registry_imports  # pylint: disable=unused-import
 FLAGS = flags.FLAGS
 
 
-def run(params, model_dir: str, mode: str):
-  """Resolves, records and runs one experiment; returns (model, eval metrics)."""
+def run(params, model_dir: str, mode: str, post_eval: bool = False):
+  """Resolves, records and runs one experiment; returns (model, eval metrics).
+
+  post_eval: evaluate once more after training and return the metrics (for `train`
+  mode; `train_and_eval` already evaluates at the end of training).
+  """
   label_map = experiment.resolve_config(params.task)
   if 'train' in mode:
     # Pure eval modes write no yaml, so a continuous eval job cannot race the trainer.
@@ -42,7 +46,7 @@ def run(params, model_dir: str, mode: str):
   logging.info('Classes: %s', ', '.join(label_map.names))
   return train_lib.run_experiment(
       distribution_strategy=strategy, task=task, mode=mode, params=params,
-      model_dir=model_dir, run_post_eval='eval' in mode)
+      model_dir=model_dir, run_post_eval=post_eval or mode == 'eval')
 
 
 def main(_):

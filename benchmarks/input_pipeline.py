@@ -1,0 +1,108 @@
+"""Training input pipeline throughput: stock Model Garden parsing vs our augmentation.
+
+    python benchmarks/input_pipeline.py --data 'data/train/*.tfrecord' --output-size 640
+
+Runs the same TFRecords through decode -> Mask R-CNN train parsing -> batch, for:
+* `stock`:    Model Garden's `maskrcnn_input.Parser` (hflip + scale jitter 0.8-1.25);
+* `standard`: `AugmentingParser` with the in-graph `standard` preset in front of it;
+* `imgaug`:   the same parser with `ImgaugAugmenter(standard_pipeline())`, an imgaug
+              pipeline close to `standard` (only if imgaug imports; it needs numpy<2).
+Variants run one after another on the same data; the first `--warmup` batches of each
+(tracing, file cache) are excluded from the timing. Prints a table and writes JSON.
+Make TFRecords with `tfmaskrcnn convert --annotations ... --images ... --output DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+
+def build_parser(augmenter, output_size: int):
+    from tfmaskrcnn.data.parser import AugmentingParser
+
+    # Model Garden's COCO Mask R-CNN defaults (maskrcnn_resnetfpn_coco).
+    return AugmentingParser(
+        augmenter=augmenter, output_size=[output_size, output_size], min_level=2, max_level=6, num_scales=1,
+        aspect_ratios=[0.5, 1.0, 2.0], anchor_size=8.0, aug_rand_hflip=True, aug_scale_min=0.8,
+        aug_scale_max=1.25, include_mask=True, mask_crop_size=112, max_num_instances=100, dtype="float32")
+
+
+def measure(files, parser, batch_size: int, warmup: int, batches: int, threads) -> float:
+    """Images per second over `batches` batches after `warmup` batches."""
+    import tensorflow as tf
+    from official.vision.dataloaders import tf_example_decoder
+
+    decoder = tf_example_decoder.TfExampleDecoder(include_mask=True, regenerate_source_id=False)
+    autotune = tf.data.AUTOTUNE if threads is None else threads
+    ds = (tf.data.TFRecordDataset(files).repeat()
+          .map(decoder.decode, num_parallel_calls=autotune)
+          .map(parser.parse_fn(is_training=True), num_parallel_calls=autotune)
+          .batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+    iterator = iter(ds)
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="TFRecord glob (Model Garden TfExample layout with masks)")
+    parser.add_argument("--output-size", type=int, default=640)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=3, help="batches excluded from timing per variant")
+    parser.add_argument("--batches", type=int, default=20, help="timed batches per variant")
+    parser.add_argument("--threads", type=int, default=None, help="map parallelism (default: AUTOTUNE)")
+    parser.add_argument("--variants", default="stock,standard,imgaug")
+    parser.add_argument("--json-output", default=None, help="write the results here as JSON")
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    from tfmaskrcnn.data import augment_presets, imgaug_adapter
+
+    files = sorted(tf.io.gfile.glob(args.data))
+    if not files:
+        print(f"error: no files match --data {args.data!r}; make them with `tfmaskrcnn convert`", file=sys.stderr)
+        return 2
+    augmenters = {
+        "stock": lambda: None,
+        "standard": lambda: augment_presets.build_augmenter(augment_presets.AugmentationConfig(preset="standard")),
+        "imgaug": lambda: imgaug_adapter.ImgaugAugmenter(imgaug_adapter.standard_pipeline()),
+    }
+    results = {}
+    for name in args.variants.split(","):
+        try:
+            augmenter = augmenters[name]()
+        except ImportError as err:
+            print(f"skipping {name}: {err}", file=sys.stderr)
+            continue
+        rate = measure(files, build_parser(augmenter, args.output_size), args.batch_size, args.warmup,
+                       args.batches, args.threads)
+        results[name] = rate
+        print(f"{name:>9}: {rate:7.2f} images/s", flush=True)
+    stock = results.get("stock")
+    print(f"\n| variant | images/s | vs stock |\n|---|---|---|")
+    for name, rate in results.items():
+        print(f"| {name} | {rate:.2f} | {rate / stock:.2f}x |" if stock else f"| {name} | {rate:.2f} | - |")
+    if args.json_output:
+        report = {"images_per_second": results, "files": files, "output_size": args.output_size,
+                  "batch_size": args.batch_size, "warmup_batches": args.warmup, "timed_batches": args.batches,
+                  "threads": args.threads or "autotune", "cpus": os.cpu_count(), "machine": platform.machine(),
+                  "tensorflow": tf.__version__}
+        temporary = args.json_output + ".tmp"
+        with open(temporary, "w") as f:
+            json.dump(report, f, indent=2)
+        os.replace(temporary, args.json_output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,524 @@
+"""Reading and validating a COCO instances file into clean per-image records.
+
+Every image and annotation of the input ends in exactly one place: written, or
+skipped with one reason from `REASONS`. Repairs that keep the data (clipping a box,
+converting an image to RGB) are counted too, so the conversion report accounts for
+every record. Decisions a user may want to know about:
+
+* Annotations are in the stored pixel order of the image file. EXIF orientation is
+  ignored, as it is by pycocotools and `tf.io.decode_image`.
+* An image whose real size differs from the JSON `width`/`height` is skipped
+  (`image_size_mismatch`): its polygons and RLEs were drawn for another raster
+  (often an EXIF-rotated or resized copy), so using them would misplace every mask.
+  A JSON record without width/height takes the real size (`image_size_missing`).
+* The box written is the COCO `bbox` clipped to the image, not a box recomputed from
+  the mask, so boxes match what COCO evaluation scores against.
+* The area written is the COCO `area` when it is positive, otherwise the mask's pixel
+  count; COCO evaluation uses it for its small/medium/large ranges.
+* An image whose annotations were all skipped is still written, as a negative example.
+
+`load_coco` checks the JSON (ids, categories, file names) without touching the
+images; `load_image_record` reads and checks one image and its annotations and is
+safe to run in worker threads.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import json
+import math
+import os
+import posixpath
+from typing import Any
+
+import numpy as np
+
+from tfmaskrcnn.data.label_map import LabelMap
+
+IMAGE_SKIPPED = "image_skipped"
+ANNOTATION_SKIPPED = "annotation_skipped"
+CONVERTED = "converted"
+FIXED = "fixed"
+
+# reason -> (kind, what it means). The vocabulary is fixed so reports can be compared.
+REASONS: dict[str, tuple[str, str]] = {
+    "image_record_invalid": (IMAGE_SKIPPED, "image entry without an integer id or a file_name"),
+    "duplicate_image_id": (IMAGE_SKIPPED, "image id already used by an earlier image"),
+    "file_name_escapes_image_dir": (IMAGE_SKIPPED, "file_name is absolute or leaves the image directory"),
+    "image_missing": (IMAGE_SKIPPED, "image file not found"),
+    "image_corrupt": (IMAGE_SKIPPED, "image file cannot be decoded"),
+    "image_unsupported_mode": (IMAGE_SKIPPED, "pixel format with no defined conversion to 8-bit RGB"),
+    "image_size_mismatch": (IMAGE_SKIPPED, "real image size differs from the JSON width/height"),
+    "annotation_record_invalid": (ANNOTATION_SKIPPED, "annotation entry without integer id/image_id/category_id"),
+    "duplicate_annotation_id": (ANNOTATION_SKIPPED, "annotation id already used by an earlier annotation"),
+    "annotation_unknown_image": (ANNOTATION_SKIPPED, "image_id not among the images"),
+    "annotation_of_skipped_image": (ANNOTATION_SKIPPED, "its image was skipped"),
+    "category_id_zero": (ANNOTATION_SKIPPED, "category_id 0 (reserved for background)"),
+    "annotation_unknown_category": (ANNOTATION_SKIPPED, "category_id not among the categories"),
+    "box_invalid": (ANNOTATION_SKIPPED, "bbox is not four finite numbers"),
+    "box_degenerate": (ANNOTATION_SKIPPED, "box narrower or lower than 1 px after clipping"),
+    "segmentation_missing": (ANNOTATION_SKIPPED, "no segmentation (Mask R-CNN needs a mask)"),
+    "segmentation_invalid": (ANNOTATION_SKIPPED, "segmentation is not a valid polygon list or RLE"),
+    "polygon_too_few_points": (ANNOTATION_SKIPPED, "no polygon part with at least 3 points"),
+    "mask_empty": (ANNOTATION_SKIPPED, "mask has no pixel inside the image"),
+    "grayscale_converted": (CONVERTED, "grayscale image converted to RGB"),
+    "rgba_converted": (CONVERTED, "image with alpha converted to RGB (alpha dropped)"),
+    "cmyk_converted": (CONVERTED, "CMYK image converted to RGB"),
+    "16bit_converted": (CONVERTED, "16-bit image scaled to 8 bits and converted to RGB"),
+    "palette_converted": (CONVERTED, "palette image converted to RGB"),
+    "format_converted": (CONVERTED, "file format other than JPEG/PNG re-encoded as PNG"),
+    "box_out_of_bounds_clipped": (FIXED, "box clipped to the image"),
+    "polygon_part_dropped": (FIXED, "polygon part with fewer than 3 points dropped, other parts kept"),
+    "image_size_missing": (FIXED, "JSON image without width/height; real size used"),
+}
+
+# Pillow mode -> conversion reason; modes not listed here (e.g. "F", "LAB") are unsupported.
+_MODE_REASONS = {
+    "RGB": None, "L": "grayscale_converted", "1": "grayscale_converted", "LA": "grayscale_converted",
+    "RGBA": "rgba_converted", "RGBX": "rgba_converted", "RGBa": "rgba_converted",
+    "CMYK": "cmyk_converted", "P": "palette_converted", "PA": "palette_converted",
+    "I;16": "16bit_converted", "I;16L": "16bit_converted", "I;16B": "16bit_converted",
+    "I;16N": "16bit_converted", "I": "16bit_converted",
+}
+_KEPT_FORMATS = {"JPEG": "jpeg", "PNG": "png"}
+
+
+class CocoFormatError(ValueError):
+    """The annotation file as a whole cannot be used (bad JSON, bad categories)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Issue:
+    """One skipped, converted or fixed record, with enough context to find it."""
+
+    reason: str
+    file: str
+    image_id: int | None
+    annotation_id: int | None
+    message: str
+
+    @property
+    def kind(self) -> str:
+        return REASONS[self.reason][0]
+
+
+class IssueLog:
+    """Counts issues by reason and keeps the first few of each as examples."""
+
+    def __init__(self, max_examples: int = 5) -> None:
+        self.max_examples = max_examples
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.examples: dict[str, list[Issue]] = collections.defaultdict(list)
+
+    def add(self, issue: Issue) -> None:
+        if issue.reason not in REASONS:
+            raise KeyError(f"unknown issue reason {issue.reason!r}")
+        self.counts[issue.reason] += 1
+        if len(self.examples[issue.reason]) < self.max_examples:
+            self.examples[issue.reason].append(issue)
+
+    def extend(self, issues) -> None:
+        for issue in issues:
+            self.add(issue)
+
+    def count(self, kind: str) -> int:
+        return sum(n for reason, n in self.counts.items() if REASONS[reason][0] == kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageEntry:
+    """An image of the JSON that passed the JSON-level checks, with its annotations."""
+
+    image_id: int
+    file_name: str  # normalised, relative to the image directory
+    width: int | None
+    height: int | None
+    annotations: tuple[dict, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Instance:
+    annotation_id: int
+    class_id: int  # contiguous 1..K
+    box: tuple[float, float, float, float]  # xmin, ymin, xmax, ymax in pixels
+    mask: np.ndarray  # uint8 [height, width], values 0/1
+    area: float
+    is_crowd: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+    """A clean image ready to be written: RGB pixels encoded as JPEG or PNG."""
+
+    image_id: int
+    file_name: str
+    height: int
+    width: int
+    encoded: bytes
+    image_format: str  # "jpeg" or "png"
+    instances: tuple[Instance, ...]
+
+
+@dataclasses.dataclass
+class CocoDataset:
+    """The checked JSON: label map, images to read, and the issues found so far."""
+
+    annotations_path: str
+    label_map: LabelMap
+    images: list[ImageEntry]
+    issues: list[Issue]
+    num_images_in: int
+    num_annotations_in: int
+
+
+def load_coco(annotations_path: str) -> CocoDataset:
+    """Reads and checks a COCO instances JSON (`info`/`licenses` optional)."""
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(annotations_path):
+        raise CocoFormatError(f"annotation file {annotations_path} not found")
+    with tf.io.gfile.GFile(annotations_path, "rb") as f:
+        raw = f.read()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        where = f" at line {error.lineno} column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
+        raise CocoFormatError(f"{annotations_path}: not valid JSON{where}: {error}") from None
+    return parse_coco(data, annotations_path)
+
+
+def parse_coco(data: Any, annotations_path: str = "<memory>") -> CocoDataset:
+    """Checks an already-parsed COCO dict; see `load_coco`."""
+    if not isinstance(data, dict):
+        raise CocoFormatError(f"{annotations_path}: top level must be an object with images/annotations/categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise CocoFormatError(f"{annotations_path}: \"{key}\" must be a list (COCO instances format)")
+    try:
+        label_map = LabelMap.from_coco_categories(data["categories"])
+    except ValueError as error:
+        raise CocoFormatError(f"{annotations_path}: {error}") from None
+
+    issues: list[Issue] = []
+    images: dict[int, dict] = {}  # id -> {"entry fields", "annotations": []}
+    known_ids: set[int] = set()  # every integer image id in the JSON, skipped or not
+    file_names: dict[int, str] = {}  # first file_name of each id, for messages
+    for position, image in enumerate(data["images"]):
+        image_id = image.get("id") if isinstance(image, dict) else None
+        file_name = image.get("file_name") if isinstance(image, dict) else None
+        if not _is_int(image_id) or not isinstance(file_name, str) or not file_name:
+            issues.append(Issue("image_record_invalid", str(file_name or ""), image_id if _is_int(image_id) else None,
+                                None, f"images[{position}] needs an integer \"id\" and a \"file_name\""))
+            if _is_int(image_id) and image_id not in known_ids:
+                known_ids.add(image_id)
+                file_names[image_id] = str(file_name or "")
+            continue
+        if image_id in known_ids:
+            issues.append(Issue("duplicate_image_id", file_name, image_id, None,
+                                f"images[{position}] reuses id {image_id}; its annotations go to the first image "
+                                "with that id. Give every image a unique id"))
+            continue
+        known_ids.add(image_id)
+        file_names[image_id] = file_name
+        relative = safe_relative_path(file_name)
+        if relative is None:
+            issues.append(Issue("file_name_escapes_image_dir", file_name, image_id, None,
+                                f"file_name {file_name!r} is absolute or leaves the image directory; "
+                                "file names must be relative to --images"))
+            continue
+        width, height = image.get("width"), image.get("height")
+        # Some exporters write 640.0; an integral float is a size, anything else counts as missing.
+        sizes_ok = all(_is_number(v) and v > 0 and float(v).is_integer() for v in (width, height))
+        images[image_id] = {"file_name": relative, "width": int(width) if sizes_ok else None,
+                            "height": int(height) if sizes_ok else None, "annotations": []}
+
+    category_ids = set(label_map.coco_ids)
+    seen_annotation_ids: set[int] = set()
+    for position, annotation in enumerate(data["annotations"]):
+        record = annotation if isinstance(annotation, dict) else {}
+        fields = [record.get(k) for k in ("id", "image_id", "category_id")]
+        annotation_id, image_id, category_id = fields
+        file_name = file_names.get(image_id, "") if _is_int(image_id) else ""
+        if not all(_is_int(v) for v in fields):
+            issues.append(Issue("annotation_record_invalid", file_name, image_id if _is_int(image_id) else None,
+                                annotation_id if _is_int(annotation_id) else None,
+                                f"annotations[{position}] needs integer \"id\", \"image_id\" and \"category_id\""))
+            continue
+        if annotation_id in seen_annotation_ids:
+            issues.append(Issue("duplicate_annotation_id", file_name, image_id, annotation_id,
+                                f"annotations[{position}] reuses id {annotation_id}; the first one is kept"))
+            continue
+        seen_annotation_ids.add(annotation_id)
+        if image_id not in known_ids:
+            issues.append(Issue("annotation_unknown_image", "", image_id, annotation_id,
+                                f"annotations[{position}] refers to image_id {image_id}, which is not in \"images\""))
+        elif image_id not in images:
+            issues.append(Issue("annotation_of_skipped_image", file_name, image_id, annotation_id,
+                                f"image {image_id} was skipped (see its image issue)"))
+        elif category_id == 0:
+            issues.append(Issue("category_id_zero", file_name, image_id, annotation_id,
+                                "category_id 0 is reserved for background; use the id of a real category"))
+        elif category_id not in category_ids:
+            issues.append(Issue("annotation_unknown_category", file_name, image_id, annotation_id,
+                                f"category_id {category_id} is not in \"categories\"; add it or fix the id"))
+        else:
+            images[image_id]["annotations"].append(annotation)
+
+    entries = [ImageEntry(image_id=i, file_name=v["file_name"], width=v["width"], height=v["height"],
+                          annotations=tuple(v["annotations"])) for i, v in images.items()]
+    return CocoDataset(annotations_path=annotations_path, label_map=label_map, images=entries, issues=issues,
+                       num_images_in=len(data["images"]), num_annotations_in=len(data["annotations"]))
+
+
+def safe_relative_path(file_name: str) -> str | None:
+    """`file_name` normalised to a relative path inside the image directory, or None if it escapes."""
+    normalised = posixpath.normpath(file_name.replace("\\", "/"))
+    if (normalised.startswith("/") or "://" in file_name or (len(normalised) > 1 and normalised[1] == ":")
+            or normalised == ".." or normalised.startswith("../")):
+        return None
+    return normalised
+
+
+def load_image_record(entry: ImageEntry, images_dir: str,
+                      label_map: LabelMap) -> tuple[ImageRecord | None, list[Issue]]:
+    """Reads, converts and checks one image and its annotations. Thread-safe."""
+    import tensorflow as tf
+    from PIL import Image
+
+    if "://" in images_dir:
+        path = images_dir.rstrip("/") + "/" + entry.file_name
+    else:
+        path = os.path.join(images_dir, entry.file_name)
+    issues: list[Issue] = []
+
+    def skip_image(reason: str, message: str) -> tuple[None, list[Issue]]:
+        issues.append(Issue(reason, entry.file_name, entry.image_id, None, message))
+        issues.extend(Issue("annotation_of_skipped_image", entry.file_name, entry.image_id, a["id"],
+                            f"image {entry.image_id} was skipped ({reason})") for a in entry.annotations)
+        return None, issues
+
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            original = f.read()
+    except tf.errors.NotFoundError:
+        return skip_image("image_missing", f"{path} does not exist; check --images and the file_name")
+    try:
+        pixels, image_format, reasons = decode_to_rgb(original)
+    except UnsupportedImageMode as error:
+        return skip_image("image_unsupported_mode", f"{path}: {error}")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # Pillow's "not an image"
+        return skip_image("image_corrupt", f"{path} cannot be decoded: {error}")
+
+    height, width = pixels.shape[:2]
+    if entry.width is None or entry.height is None:
+        issues.append(Issue("image_size_missing", entry.file_name, entry.image_id, None,
+                            f"no width/height in the JSON; using the real size {width}x{height}"))
+    elif (entry.width, entry.height) != (width, height):
+        return skip_image("image_size_mismatch",
+                          f"{path} is {width}x{height} but the JSON says {entry.width}x{entry.height}; the "
+                          "annotations were made for another raster (EXIF rotation or a resized copy?). Fix the "
+                          "image or the annotations")
+    for reason in reasons:
+        issues.append(Issue(reason, entry.file_name, entry.image_id, None, REASONS[reason][1]))
+    encoded = original if not reasons else encode_rgb(pixels, image_format)
+
+    instances = []
+    for annotation in entry.annotations:
+        instance, annotation_issues = _make_instance(annotation, height, width, label_map)
+        issues.extend(dataclasses.replace(i, file=entry.file_name, image_id=entry.image_id) for i in annotation_issues)
+        if instance is not None:
+            instances.append(instance)
+    record = ImageRecord(image_id=entry.image_id, file_name=entry.file_name, height=height, width=width,
+                         encoded=encoded, image_format=image_format, instances=tuple(instances))
+    return record, issues
+
+
+class UnsupportedImageMode(ValueError):
+    pass
+
+
+def decode_to_rgb(data: bytes) -> tuple[np.ndarray, str, list[str]]:
+    """Decodes image bytes to uint8 RGB [H, W, 3].
+
+    Returns the pixels, the format to store ("jpeg" or "png") and the conversion
+    reasons; no reasons means the original bytes can be stored unchanged.
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()  # decode now so that truncated files fail here
+        reasons = []
+        if image.format not in _KEPT_FORMATS:
+            reasons.append("format_converted")
+        if image.mode not in _MODE_REASONS:
+            raise UnsupportedImageMode(f"pixel mode {image.mode!r} has no defined conversion to 8-bit RGB; "
+                                       "convert the file to RGB JPEG or PNG")
+        mode_reason = _MODE_REASONS[image.mode]
+        if mode_reason:
+            reasons.append(mode_reason)
+        if mode_reason == "16bit_converted":
+            # Scale the 16-bit range to 8 bits; Pillow's own convert("L") would clip instead.
+            values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+            gray = ((values * 255 + 32767) // 65535).astype(np.uint8)
+            pixels = np.repeat(gray[..., None], 3, axis=2)
+        else:
+            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        stored_format = "jpeg" if image.format == "JPEG" else "png"
+    return np.ascontiguousarray(pixels), stored_format, reasons
+
+
+def encode_rgb(pixels: np.ndarray, image_format: str) -> bytes:
+    """Encodes RGB pixels; converted JPEGs stay JPEG (quality 95), everything else becomes PNG."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    if image_format == "jpeg":
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+    else:
+        Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _make_instance(annotation: dict, height: int, width: int,
+                   label_map: LabelMap) -> tuple[Instance | None, list[Issue]]:
+    annotation_id = annotation["id"]
+    issues: list[Issue] = []
+
+    def issue(reason: str, message: str) -> Issue:
+        return Issue(reason, "", None, annotation_id, message)
+
+    box, box_reason, box_message = clip_coco_box(annotation.get("bbox"), height, width)
+    if box_reason in ("box_invalid", "box_degenerate"):
+        return None, [issue(box_reason, box_message)]
+    if box_reason:
+        issues.append(issue(box_reason, box_message))
+
+    mask, mask_reason, mask_message = segmentation_to_mask(annotation.get("segmentation"), height, width)
+    if mask is None:
+        return None, issues + [issue(mask_reason, mask_message)]
+    if mask_reason:
+        issues.append(issue(mask_reason, mask_message))
+    pixel_count = int(mask.sum())
+    if pixel_count == 0:
+        return None, issues + [issue("mask_empty", "the segmentation covers no pixel of the image")]
+
+    area = annotation.get("area")
+    if not _is_number(area) or area <= 0:
+        area = float(pixel_count)
+    return Instance(annotation_id=annotation_id, class_id=label_map.to_contiguous(annotation["category_id"]),
+                    box=box, mask=mask, area=float(area), is_crowd=bool(annotation.get("iscrowd", 0))), issues
+
+
+Box = tuple[float, float, float, float]
+
+
+def clip_coco_box(bbox: Any, height: int, width: int) -> tuple[Box | None, str | None, str]:
+    """COCO [x, y, w, h] -> clipped (xmin, ymin, xmax, ymax), with a reason if skipped or clipped."""
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        return None, "box_invalid", f"bbox {bbox!r} must be [x, y, width, height] with finite numbers"
+    x, y, w, h = (float(v) for v in bbox)
+    if w <= 0 or h <= 0:
+        return None, "box_degenerate", (f"bbox {list(bbox)} has width or height <= 0 (COCO boxes are "
+                                        "[x, y, width, height], not [x1, y1, x2, y2])")
+    box = (max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height)))
+    if box[2] - box[0] < 1.0 or box[3] - box[1] < 1.0:
+        return None, "box_degenerate", (f"bbox {list(bbox)} is under 1 px wide or high after clipping to the "
+                                        f"{width}x{height} image")
+    if box != (x, y, x + w, y + h):
+        return box, "box_out_of_bounds_clipped", f"bbox {list(bbox)} clipped to the {width}x{height} image"
+    return box, None, ""
+
+
+def segmentation_to_mask(segmentation: Any, height: int, width: int) -> tuple[np.ndarray | None, str | None, str]:
+    """Polygons (parts merged), uncompressed or compressed RLE -> uint8 0/1 mask [height, width].
+
+    Returns (mask, reason, message): mask None means skipped for `reason`; a mask with a
+    reason means it was kept after a fix.
+    """
+    from pycocotools import mask as mask_utils
+
+    if segmentation is None or (isinstance(segmentation, list) and not segmentation):
+        return None, "segmentation_missing", "no segmentation; Mask R-CNN needs a polygon or RLE mask per instance"
+    if isinstance(segmentation, list):
+        parts, dropped = [], 0
+        for part in segmentation:
+            if not isinstance(part, list) or not all(_is_number(v) for v in part):
+                return None, "segmentation_invalid", "a polygon part is not a flat list of finite numbers"
+            if len(part) < 6 or len(part) % 2:
+                dropped += 1
+            else:
+                parts.append([float(v) for v in part])
+        if not parts:
+            return None, "polygon_too_few_points", ("no polygon part has 3 or more (x, y) points "
+                                                    "(each part is a flat list [x1, y1, x2, y2, ...])")
+        rle = mask_utils.merge(mask_utils.frPyObjects(parts, height, width))
+        reason = "polygon_part_dropped" if dropped else None
+        message = f"{dropped} polygon part(s) with fewer than 3 points dropped" if dropped else ""
+    elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+        size = segmentation["size"]
+        if not (isinstance(size, list) and len(size) == 2 and list(size) == [height, width]):
+            return None, "segmentation_invalid", f"RLE size {size!r} differs from the image size [{height}, {width}]"
+        counts = segmentation["counts"]
+        try:
+            if isinstance(counts, list):
+                if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != height * width:
+                    return None, "segmentation_invalid", ("uncompressed RLE counts must be non-negative integers "
+                                                          f"summing to height*width = {height * width}")
+                rle = mask_utils.frPyObjects(segmentation, height, width)
+            elif isinstance(counts, (str, bytes)):
+                counts = counts.encode() if isinstance(counts, str) else counts
+                # pycocotools decodes without bounds checks, so a damaged string must be caught here.
+                if compressed_rle_total(counts) != height * width:
+                    return None, "segmentation_invalid", ("compressed RLE counts do not cover height*width = "
+                                                          f"{height * width} pixels")
+                rle = {"size": [height, width], "counts": counts}
+            else:
+                return None, "segmentation_invalid", "RLE counts must be a list of integers or a string"
+            mask = mask_utils.decode(rle)
+        except (ValueError, TypeError, OverflowError) as error:
+            return None, "segmentation_invalid", f"RLE cannot be decoded: {error}"
+        return np.ascontiguousarray(mask, dtype=np.uint8), None, ""
+    else:
+        return None, "segmentation_invalid", "segmentation must be a list of polygons or an RLE {size, counts}"
+    return np.ascontiguousarray(mask_utils.decode(rle), dtype=np.uint8), reason, message
+
+
+def compressed_rle_total(counts: bytes) -> int:
+    """Sum of the run lengths of a COCO compressed RLE string, or -1 if it is malformed.
+
+    The string stores each run as 5-bit groups (offset by 48, bit 0x20 = more groups
+    follow, sign-extended on the last group); runs after the second are deltas from
+    the run two places earlier.
+    """
+    runs: list[int] = []
+    position = 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(counts):
+                return -1
+            chunk = counts[position] - 48
+            if not 0 <= chunk < 64:
+                return -1
+            value |= (chunk & 0x1F) << shift
+            more = bool(chunk & 0x20)
+            position += 1
+            shift += 5
+            if not more and chunk & 0x10:
+                value -= 1 << shift  # sign extension of the last group
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            return -1
+        runs.append(value)
+    return sum(runs)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

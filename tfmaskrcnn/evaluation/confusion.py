@@ -1,0 +1,195 @@
+"""Detection confusion matrix, per-class precision/recall/F1 and class histograms.
+
+COCO AP says how well each class is found, not what it is mistaken for. To see a
+model that calls every object "person", confident detections are matched to
+ground truth *ignoring the class* (greedy by score, highest IoU first, as COCO
+matches within a class), so a detection of the wrong class on an object lands in
+cell [true class, predicted class]. An extra "background" row and column hold
+missed objects ([true, background]) and detections on nothing ([background, predicted]).
+
+Crowd regions follow COCO: they are not objects to find, and a detection that
+would otherwise be spurious but covers a crowd region (intersection over the
+detection's area >= iou_threshold) is ignored rather than counted as spurious.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+BACKGROUND = "background"
+
+
+@dataclasses.dataclass(frozen=True)
+class Confusion:
+    """Counts over all images; index len(category_ids) is the background row/column."""
+
+    category_ids: tuple[int, ...]
+    matrix: np.ndarray            # [K+1, K+1] int64, rows = true class, columns = predicted class
+    gt_instances: np.ndarray      # [K] non-crowd ground-truth objects per class
+    gt_images: np.ndarray         # [K] images with at least one such object
+    predicted: np.ndarray         # [K] detections with score >= score_threshold per class
+    pair_image_ids: np.ndarray    # [P] image of each counted (true, predicted) pair
+    pair_true: np.ndarray         # [P] row index of each pair
+    pair_pred: np.ndarray         # [P] column index of each pair
+    score_threshold: float
+    iou_threshold: float
+    iou_type: str
+
+    @property
+    def background_index(self) -> int:
+        return len(self.category_ids)
+
+    def errors_per_image(self, class_index: int) -> dict[int, int]:
+        """Objects of one class that were missed or given another class, per image."""
+        wrong = (self.pair_true == class_index) & (self.pair_pred != class_index)
+        image_ids, counts = np.unique(self.pair_image_ids[wrong], return_counts=True)
+        return {int(i): int(c) for i, c in zip(image_ids, counts)}
+
+
+def precision_recall_f1(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision, recall and F1 of a confusion matrix with background last.
+
+    precision_k = [k, k] / column k (all detections of k, spurious ones included);
+    recall_k = [k, k] / row k (all objects of k, missed ones included). NaN where a
+    denominator is 0 (class never predicted, or absent from the ground truth).
+    """
+    counts = np.asarray(matrix, dtype=np.float64)[:-1, :-1]
+    true_positives = np.diag(counts)
+    predicted = np.asarray(matrix, dtype=np.float64)[:, :-1].sum(axis=0)
+    actual = np.asarray(matrix, dtype=np.float64)[:-1, :].sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, true_positives / predicted, np.nan)
+        recall = np.where(actual > 0, true_positives / actual, np.nan)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    f1 = np.where(np.isnan(precision) | np.isnan(recall), np.nan, f1)
+    return precision, recall, f1
+
+
+def greedy_match(ious: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """For detections sorted by descending score, the matched ground-truth column or -1.
+
+    Each detection takes the still-unmatched ground truth it overlaps most, if that
+    overlap reaches the threshold.
+    """
+    num_dets, num_gts = ious.shape
+    matches = np.full(num_dets, -1, dtype=np.int64)
+    if num_dets == 0 or num_gts == 0:
+        return matches
+    available = ious.copy()
+    available[available < iou_threshold] = -1.0
+    for d in range(num_dets):
+        g = int(np.argmax(available[d]))
+        if available[d, g] >= iou_threshold:
+            matches[d] = g
+            available[:, g] = -1.0
+    return matches
+
+
+def _regions(coco_gt: Any, anns: Sequence[dict], iou_type: str) -> list:
+    if iou_type == "bbox":
+        return [ann["bbox"] for ann in anns]
+    return [coco_gt.annToRLE(ann) for ann in anns]
+
+
+def _detection_region(det: dict, iou_type: str, where: str) -> Any:
+    if iou_type == "bbox":
+        return det["bbox"]
+    if "segmentation" not in det:
+        raise ValueError(f"{where}: detection has no 'segmentation'; mask IoU needs RLE masks "
+                         "(use iou_type='bbox' for box-only results)")
+    return det["segmentation"]
+
+
+def _iou(dets: list, gts: list, crowd: Sequence[bool]) -> np.ndarray:
+    if not dets or not gts:
+        return np.zeros((len(dets), len(gts)))
+    if isinstance(dets[0], list) or isinstance(dets[0], np.ndarray):
+        dets = np.asarray(dets, dtype=np.float64)
+        gts = np.asarray(gts, dtype=np.float64)
+    return np.asarray(mask_utils.iou(dets, gts, [int(c) for c in crowd])).reshape(len(dets), len(gts))
+
+
+def detection_confusion(
+    coco_gt: Any,
+    detections: Sequence[dict],
+    category_ids: Sequence[int] | None = None,
+    score_threshold: float = 0.5,
+    iou_threshold: float = 0.5,
+    iou_type: str = "bbox",
+    image_ids: Sequence[int] | None = None,
+) -> Confusion:
+    """Confusion matrix of COCO-format detections against a pycocotools COCO ground truth.
+
+    category_ids: order of rows/columns; defaults to the ground truth's sorted category ids.
+    iou_type: "bbox" (box IoU) or "segm" (mask IoU; detections need RLE 'segmentation').
+    image_ids: images to count; defaults to every image of the ground truth.
+    """
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    category_ids = tuple(int(c) for c in (category_ids if category_ids is not None else sorted(coco_gt.getCatIds())))
+    index_of = {c: i for i, c in enumerate(category_ids)}
+    num_classes = len(category_ids)
+    background = num_classes
+    image_ids = [int(i) for i in (image_ids if image_ids is not None else coco_gt.getImgIds())]
+    known_images = set(coco_gt.imgs)
+
+    dets_by_image: dict[int, list[int]] = {}
+    predicted = np.zeros(num_classes, dtype=np.int64)
+    for n, det in enumerate(detections):
+        if det["score"] < score_threshold:
+            continue
+        category = int(det["category_id"])
+        if category not in index_of:
+            raise ValueError(f"detection #{n} (image {det['image_id']}) has category_id {category}, which is not "
+                             f"a ground-truth category {list(category_ids)[:10]}...; map detection classes to the "
+                             "ground truth's ids (COCO JSON ids, or contiguous 1..K for TFRecords)")
+        if int(det["image_id"]) not in known_images:
+            raise ValueError(f"detection #{n} refers to image_id {det['image_id']}, which is not in the ground truth")
+        predicted[index_of[category]] += 1
+        dets_by_image.setdefault(int(det["image_id"]), []).append(n)
+
+    gt_instances = np.zeros(num_classes, dtype=np.int64)
+    gt_images = np.zeros(num_classes, dtype=np.int64)
+    pair_images, pair_true, pair_pred = [], [], []
+    for image_id in image_ids:
+        anns = [a for a in coco_gt.imgToAnns.get(image_id, []) if int(a["category_id"]) in index_of]
+        objects = [a for a in anns if not a.get("iscrowd", 0)]
+        crowds = [a for a in anns if a.get("iscrowd", 0)]
+        gt_class = np.array([index_of[int(a["category_id"])] for a in objects], dtype=np.int64)
+        np.add.at(gt_instances, gt_class, 1)
+        gt_images[np.unique(gt_class)] += 1
+
+        det_ids = dets_by_image.get(image_id, [])
+        det_ids = sorted(det_ids, key=lambda n: -detections[n]["score"])
+        det_class = np.array([index_of[int(detections[n]["category_id"])] for n in det_ids], dtype=np.int64)
+        det_regions = [_detection_region(detections[n], iou_type, f"detection #{n}") for n in det_ids]
+
+        matches = greedy_match(_iou(det_regions, _regions(coco_gt, objects, iou_type), [False] * len(objects)),
+                               iou_threshold)
+        matched_gt = np.zeros(len(objects), dtype=bool)
+        matched_gt[matches[matches >= 0]] = True
+        spurious = matches < 0
+        if crowds and spurious.any():
+            spurious_regions = [r for r, s in zip(det_regions, spurious) if s]
+            covers_crowd = _iou(spurious_regions, _regions(coco_gt, crowds, iou_type), [True] * len(crowds))
+            spurious[np.flatnonzero(spurious)[covers_crowd.max(axis=1) >= iou_threshold]] = False
+
+        true = np.concatenate([gt_class[matches[matches >= 0]], gt_class[~matched_gt],
+                               np.full(int(spurious.sum()), background)])
+        pred = np.concatenate([det_class[matches >= 0], np.full(int((~matched_gt).sum()), background),
+                               det_class[spurious]])
+        pair_images.append(np.full(true.size, image_id, dtype=np.int64))
+        pair_true.append(true)
+        pair_pred.append(pred)
+
+    pair_images = np.concatenate(pair_images) if pair_images else np.zeros(0, np.int64)
+    pair_true = np.concatenate(pair_true).astype(np.int64) if pair_true else np.zeros(0, np.int64)
+    pair_pred = np.concatenate(pair_pred).astype(np.int64) if pair_pred else np.zeros(0, np.int64)
+    size = num_classes + 1
+    matrix = np.bincount(pair_true * size + pair_pred, minlength=size * size).reshape(size, size)
+    return Confusion(category_ids, matrix, gt_instances, gt_images, predicted, pair_images, pair_true,
+                     pair_pred, float(score_threshold), float(iou_threshold), iou_type)
