@@ -5,7 +5,6 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_out
-DEMO_STEPS ?= 800
 
 .PHONY: demo test test-fast test-imgaug setup clean
 
@@ -18,7 +17,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 demo: setup
-	$(PY) tools/demo.py --output $(DEMO_DIR) --train-steps $(DEMO_STEPS)
+	$(PY) tools/demo.py --output $(DEMO_DIR)
 
 test: setup
 	$(PY) -m pytest -q

@@ -15,7 +15,8 @@ import time
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--output', default='demo_out')
-  parser.add_argument('--train-steps', type=int, default=800)
+  parser.add_argument('--train-steps', type=int, default=None,
+                      help='default: the experiment\'s own budget')
   parser.add_argument('--num-train', type=int, default=400)
   parser.add_argument('--num-val', type=int, default=100)
   parser.add_argument('--class-ratios', default='1,1,1')
@@ -44,8 +45,13 @@ def main() -> int:
   params.override({
       'task': {'train_data': {'input_path': os.path.join(records['train'], '*.tfrecord')},
                'validation_data': {'input_path': os.path.join(records['val'], '*.tfrecord')}},
-      'trainer': {'train_steps': args.train_steps, 'validation_interval': args.train_steps},
   }, is_strict=True)
+  if args.train_steps:
+    steps = args.train_steps
+    params.override({'trainer': {
+        'train_steps': steps, 'validation_interval': steps,
+        'optimizer_config': {'learning_rate': {'stepwise': {'boundaries': [50, int(steps * 0.8)]}}},
+    }}, is_strict=True)
   model_dir = os.path.join(args.output, 'model')
   _, eval_logs = train.run(params, model_dir, 'train', post_eval=True)
   print(summary.format_eval_logs(eval_logs))
