@@ -6,7 +6,7 @@
 Makes the shapes dataset with --class-ratios 0.9,0.07,0.03 (balanced validation split),
 converts it, then trains the tiny CPU recipe once per (setting, seed), each in a fresh
 process with every seed fixed, and writes a table of per-class mask AP (mean and spread
-over seeds) to OUTPUT/summary.md (and, with --write-docs, to docs/class_balance.md).
+over seeds) to OUTPUT/summary.md (the one in docs/class_balance.md came from this).
 A run whose result file exists is not repeated, so the script can be resumed.
 """
 
@@ -118,7 +118,6 @@ def main() -> int:
   parser.add_argument('--settings', nargs='+', default=list(SETTINGS), choices=list(SETTINGS))
   parser.add_argument('--setting', help=argparse.SUPPRESS)  # internal: one run
   parser.add_argument('--seed', type=int, help=argparse.SUPPRESS)
-  parser.add_argument('--write-docs', action='store_true')
   args = parser.parse_args()
   if args.setting:
     run_one(args)
