@@ -7,8 +7,10 @@ Runs the same TFRecords through decode -> Mask R-CNN train parsing -> batch, for
 * `standard`: `AugmentingParser` with the in-graph `standard` preset in front of it;
 * `imgaug`:   the same parser with `ImgaugAugmenter(standard_pipeline())`, an imgaug
               pipeline close to `standard` (only if imgaug imports; it needs numpy<2).
-Variants run one after another on the same data; the first `--warmup` batches of each
-(tracing, file cache) are excluded from the timing. Prints a table and writes JSON.
+The variants are timed in turns for `--rounds` rounds, so load from other processes
+falls on all of them alike; in each round a variant's pipeline is built, warmed up
+(`--warmup` batches: tracing, buffers) and timed alone; the median round counts.
+Prints a table and writes JSON.
 Make TFRecords with `tfmaskrcnn convert --annotations ... --images ... --output DIR`.
 """
 
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -32,8 +35,7 @@ def build_parser(augmenter, output_size: int):
         aug_scale_max=1.25, include_mask=True, mask_crop_size=112, max_num_instances=100, dtype="float32")
 
 
-def measure(files, parser, batch_size: int, warmup: int, batches: int, threads) -> float:
-    """Images per second over `batches` batches after `warmup` batches."""
+def make_iterator(files, parser, batch_size: int, threads):
     import tensorflow as tf
     from official.vision.dataloaders import tf_example_decoder
 
@@ -42,10 +44,12 @@ def measure(files, parser, batch_size: int, warmup: int, batches: int, threads) 
     ds = (tf.data.TFRecordDataset(files).repeat()
           .map(decoder.decode, num_parallel_calls=autotune)
           .map(parser.parse_fn(is_training=True), num_parallel_calls=autotune)
-          .batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
-    iterator = iter(ds)
-    for _ in range(warmup):
-        next(iterator)
+          .batch(batch_size, drop_remainder=True).prefetch(2))
+    return iter(ds)
+
+
+def time_batches(iterator, batches: int, batch_size: int) -> float:
+    """Images per second over `batches` batches."""
     start = time.perf_counter()
     for _ in range(batches):
         next(iterator)
@@ -58,7 +62,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output-size", type=int, default=640)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=3, help="batches excluded from timing per variant")
-    parser.add_argument("--batches", type=int, default=20, help="timed batches per variant")
+    parser.add_argument("--batches", type=int, default=15, help="timed batches per variant and round")
+    parser.add_argument("--rounds", type=int, default=3, help="timing rounds, variants interleaved")
     parser.add_argument("--threads", type=int, default=None, help="map parallelism (default: AUTOTUNE)")
     parser.add_argument("--variants", default="stock,standard,imgaug")
     parser.add_argument("--json-output", default=None, help="write the results here as JSON")
@@ -77,24 +82,31 @@ def main(argv=None) -> int:
         "standard": lambda: augment_presets.build_augmenter(augment_presets.AugmentationConfig(preset="standard")),
         "imgaug": lambda: imgaug_adapter.ImgaugAugmenter(imgaug_adapter.standard_pipeline()),
     }
-    results = {}
+    parsers = {}
     for name in args.variants.split(","):
         try:
-            augmenter = augmenters[name]()
+            parsers[name] = build_parser(augmenters[name](), args.output_size)
         except ImportError as err:
             print(f"skipping {name}: {err}", file=sys.stderr)
-            continue
-        rate = measure(files, build_parser(augmenter, args.output_size), args.batch_size, args.warmup,
-                       args.batches, args.threads)
-        results[name] = rate
-        print(f"{name:>9}: {rate:7.2f} images/s", flush=True)
+    rounds = {name: [] for name in parsers}
+    for r in range(args.rounds):
+        for name, parser in parsers.items():
+            # One pipeline alive at a time: an idle pipeline would keep filling its
+            # buffers and steal CPU from the one being timed.
+            iterator = make_iterator(files, parser, args.batch_size, args.threads)
+            for _ in range(args.warmup):
+                next(iterator)
+            rounds[name].append(time_batches(iterator, args.batches, args.batch_size))
+            del iterator
+            print(f"round {r + 1} {name:>9}: {rounds[name][-1]:7.2f} images/s", flush=True)
+    results = {name: statistics.median(rates) for name, rates in rounds.items()}
     stock = results.get("stock")
     print(f"\n| variant | images/s | vs stock |\n|---|---|---|")
     for name, rate in results.items():
         print(f"| {name} | {rate:.2f} | {rate / stock:.2f}x |" if stock else f"| {name} | {rate:.2f} | - |")
     if args.json_output:
-        report = {"images_per_second": results, "files": files, "output_size": args.output_size,
-                  "batch_size": args.batch_size, "warmup_batches": args.warmup, "timed_batches": args.batches,
+        report = {"images_per_second": results, "rounds": rounds, "files": files, "output_size": args.output_size,
+                  "batch_size": args.batch_size, "warmup_batches": args.warmup, "timed_batches": args.batches, "num_rounds": args.rounds,
                   "threads": args.threads or "autotune", "cpus": os.cpu_count(), "machine": platform.machine(),
                   "tensorflow": tf.__version__}
         temporary = args.json_output + ".tmp"

@@ -35,11 +35,15 @@ import dataclasses
 import math
 from typing import Dict, Optional
 
+import numpy as np
 import tensorflow as tf
 
 # Per-instance extra whose value is an area in pixels; rescaled by the ratio of mask
 # pixels after / before a warp so it keeps describing the instance.
 AREA_KEY = "area"
+
+# Instances bit-packed into one float32-exact integer channel for the mask warp.
+_MASK_BITS = 24
 
 # Stable op indices for seed derivation: adding an op never changes the others' draws.
 _OP_HFLIP, _OP_VFLIP, _OP_ROT90 = 1, 2, 3
@@ -135,13 +139,19 @@ def _gather_instances(sample: dict, indices: tf.Tensor) -> dict:
     return out
 
 
-def masks_to_boxes(masks: tf.Tensor) -> tf.Tensor:
-    """Tight normalized boxes [N, 4] (pixel edges) of masks [N, H, W]; zeros where empty."""
+def mask_statistics(masks: tf.Tensor):
+    """(tight normalized boxes [N, 4], pixel counts [N]) of 0/1 masks [N, H, W].
+
+    Two passes over the masks (row sums and column sums) give both: the boxes from
+    which rows / columns are non-empty, the pixel counts from the row sums. Boxes have
+    pixel-edge coordinates and are zeros where a mask is empty.
+    """
     shape = tf.shape(masks)
     height, width = shape[1], shape[2]
-    on = masks > 0.5
-    rows = tf.reduce_any(on, axis=2)  # [N, H]
-    cols = tf.reduce_any(on, axis=1)  # [N, W]
+    masks = tf.cast(masks, tf.float32)
+    row_sums = tf.reduce_sum(masks, axis=2)  # [N, H]
+    rows = row_sums > 0.5
+    cols = tf.reduce_sum(masks, axis=1) > 0.5  # [N, W]
     ymin = tf.argmax(tf.cast(rows, tf.int32), axis=1, output_type=tf.int32)
     ymax = height - tf.argmax(tf.cast(rows[:, ::-1], tf.int32), axis=1, output_type=tf.int32)
     xmin = tf.argmax(tf.cast(cols, tf.int32), axis=1, output_type=tf.int32)
@@ -150,11 +160,22 @@ def masks_to_boxes(masks: tf.Tensor) -> tf.Tensor:
     boxes = tf.stack(
         [tf.cast(ymin, tf.float32) / hf, tf.cast(xmin, tf.float32) / wf,
          tf.cast(ymax, tf.float32) / hf, tf.cast(xmax, tf.float32) / wf], axis=1)
-    return tf.where(tf.reduce_any(rows, axis=1)[:, None], boxes, tf.zeros_like(boxes))
+    boxes = tf.where(tf.reduce_any(rows, axis=1)[:, None], boxes, tf.zeros_like(boxes))
+    return boxes, tf.reduce_sum(row_sums, axis=1)
 
 
-def drop_small_instances(sample: dict, min_pixels: int, min_box_side: float) -> dict:
-    """Drops instances whose mask has < min_pixels pixels or whose box side < min_box_side px."""
+def masks_to_boxes(masks: tf.Tensor) -> tf.Tensor:
+    """Tight normalized boxes [N, 4] (pixel edges) of 0/1 masks [N, H, W]; zeros where empty."""
+    return mask_statistics(masks)[0]
+
+
+def drop_small_instances(sample: dict, min_pixels: int, min_box_side: float,
+                         mask_pixels: Optional[tf.Tensor] = None) -> dict:
+    """Drops instances whose mask has < min_pixels pixels or whose box side < min_box_side px.
+
+    `mask_pixels` [N], when the caller already has it (see `mask_statistics`), saves a
+    pass over the masks.
+    """
     image_hw = tf.cast(tf.shape(sample["image"])[:2], tf.float32)
     boxes = sample["boxes"]
     side_h = (boxes[:, 2] - boxes[:, 0]) * image_hw[0]
@@ -162,19 +183,32 @@ def drop_small_instances(sample: dict, min_pixels: int, min_box_side: float) -> 
     keep = tf.logical_and(side_h >= min_box_side, side_w >= min_box_side)
     keep = tf.logical_and(keep, tf.logical_and(side_h > 0, side_w > 0))
     if sample["masks"] is not None:
-        pixels = tf.reduce_sum(tf.cast(sample["masks"] > 0.5, tf.int32), axis=[1, 2])
-        keep = tf.logical_and(keep, pixels >= max(int(min_pixels), 1))
-    return _gather_instances(sample, tf.where(keep)[:, 0])
+        if mask_pixels is None:
+            mask_pixels = tf.reduce_sum(tf.cast(sample["masks"], tf.float32), axis=[1, 2])  # masks are 0/1
+        keep = tf.logical_and(keep, mask_pixels >= max(int(min_pixels), 1))
+    indices = tf.where(keep)[:, 0]
+    # Gathering copies every mask; skip it in the common case where nothing is dropped.
+    return _cond_sample(tf.reduce_all(keep), lambda: dict(sample), sample,
+                        false_fn=lambda: _gather_instances(sample, indices))
 
 
 # -------------------------------------------------------------------------- geometric
+
+
+def _reverse_masks(masks: tf.Tensor, axis: int) -> tf.Tensor:
+    """Reverses masks [N, H, W] along `axis`, through a trailing unit axis.
+
+    TF's reverse of the innermost axis of a float tensor runs element by element; with
+    a unit channel axis appended it moves whole rows and is several times faster.
+    """
+    return tf.reverse(masks[..., None], [axis])[..., 0]
 
 
 def flip_left_right(sample: dict) -> dict:
     out = dict(sample)
     out["image"] = sample["image"][:, ::-1, :]
     if sample["masks"] is not None:
-        out["masks"] = sample["masks"][:, :, ::-1]
+        out["masks"] = _reverse_masks(sample["masks"], 2)
     ymin, xmin, ymax, xmax = tf.unstack(sample["boxes"], axis=1)
     out["boxes"] = tf.stack([ymin, 1.0 - xmax, ymax, 1.0 - xmin], axis=1)
     return out
@@ -184,7 +218,7 @@ def flip_up_down(sample: dict) -> dict:
     out = dict(sample)
     out["image"] = sample["image"][::-1, :, :]
     if sample["masks"] is not None:
-        out["masks"] = sample["masks"][:, ::-1, :]
+        out["masks"] = _reverse_masks(sample["masks"], 1)
     ymin, xmin, ymax, xmax = tf.unstack(sample["boxes"], axis=1)
     out["boxes"] = tf.stack([1.0 - ymax, xmin, 1.0 - ymin, xmax], axis=1)
     return out
@@ -244,25 +278,36 @@ def _warp(images: tf.Tensor, inverse: tf.Tensor, interpolation: str, fill_value:
 
 
 def warp_masks(masks: tf.Tensor, inverse: tf.Tensor) -> tf.Tensor:
-    """Nearest-neighbour warp of binary masks [N, H, W], 31 instances per int32 channel.
+    """Nearest-neighbour warp of 0/1 masks [N, H, W], bit-packed 24 instances per channel.
 
     Nearest interpolation copies values without blending, so bit-packed masks survive
-    the warp exactly; computing each source coordinate once for up to 31 instances
-    makes this about 4x faster than warping every mask as its own image.
+    the warp exactly. Packing is one matrix product (float32 holds integers below 2**24
+    exactly), the warp computes each source coordinate once per 24 instances, and
+    unpacking is one broadcast AND per instance: several times faster than warping each
+    mask as its own image. Mask values must be exactly 0 or 1 (as the decoder gives).
     """
-    n = tf.shape(masks)[0]
+    shape = tf.shape(masks)
+    n, height, width = shape[0], shape[1], shape[2]
+    per_word = tf.clip_by_value(n, 1, _MASK_BITS)  # instances per packed word; 24 unless fewer
+    groups = (n + per_word - 1) // per_word
     index = tf.range(n)
-    word, bit = index // 31, index % 31
-    shifted = tf.bitwise.left_shift(tf.cast(masks > 0.5, tf.int32), bit[:, None, None])
-    words = tf.math.unsorted_segment_sum(shifted, word, (n + 30) // 31)  # [G, H, W]
+    word, bit = index // per_word, index % per_word
+    # [G, N] weights 2**bit on the instance's own word.
+    weights = tf.one_hot(word, groups, dtype=tf.float32, axis=0) * tf.pow(2.0, tf.cast(bit, tf.float32))[None]
+    flat = tf.reshape(tf.cast(masks, tf.float32), [n, height * width])
+    words = tf.cast(tf.matmul(weights, flat), tf.int32)  # [G, H*W]
 
-    def warp_words():
-        warped = _warp(tf.transpose(words, [1, 2, 0])[None], inverse, "NEAREST", 0.0)[0]
-        return tf.transpose(warped, [2, 0, 1])
+    def warp_and_unpack():
+        planes = tf.transpose(tf.reshape(words, [groups, height, width]), [1, 2, 0])[None]
+        warped = tf.transpose(tf.reshape(_warp(planes, inverse, "NEAREST", 0.0)[0], [height * width, groups]))
+        bits = tf.range(per_word)
+        # [G, 1, HW] AND [1, B, 1] -> [G, B, HW]; bit b of a word is 0 or 2**b, scaled to 0/1.
+        on = tf.bitwise.bitwise_and(warped[:, None, :], tf.bitwise.left_shift(1, bits)[None, :, None])
+        on = tf.cast(on, tf.float32) * tf.pow(0.5, tf.cast(bits, tf.float32))[None, :, None]
+        return tf.reshape(on, [groups * per_word, height * width])[:n]
 
-    warped = tf.cond(n > 0, warp_words, lambda: words)
-    on = tf.bitwise.bitwise_and(tf.bitwise.right_shift(tf.gather(warped, word), bit[:, None, None]), 1)
-    return tf.cast(on, masks.dtype)
+    unpacked = tf.cond(n > 0, warp_and_unpack, lambda: tf.zeros([0, height * width], tf.float32))
+    return tf.cast(tf.reshape(unpacked, [n, height, width]), masks.dtype)
 
 
 def _transform_box_corners(boxes, matrix, height, width):
@@ -282,6 +327,12 @@ def _transform_box_corners(boxes, matrix, height, width):
 
 def warp_affine(sample: dict, matrix: tf.Tensor, fill_value: float = 0.0) -> dict:
     """Applies one forward affine `matrix` to image and masks; boxes become the masks' tight boxes."""
+    return _warp_affine_counting(sample, matrix, fill_value)[0]
+
+
+def _warp_affine_counting(sample: dict, matrix: tf.Tensor, fill_value: float):
+    """`warp_affine`, plus the warped masks' pixel counts [N] (None without masks)."""
+    pixels = None
     image = sample["image"]
     shape = tf.shape(image)
     inverse = tf.linalg.inv(matrix)
@@ -292,8 +343,8 @@ def warp_affine(sample: dict, matrix: tf.Tensor, fill_value: float = 0.0) -> dic
         masks = sample["masks"]
         new_masks = warp_masks(masks, inverse)
         out["masks"] = new_masks
-        out["boxes"] = masks_to_boxes(new_masks)
-        out["extras"] = _rescale_area(sample["extras"], masks, new_masks)
+        out["boxes"], pixels = mask_statistics(new_masks)
+        out["extras"] = _rescale_area(sample["extras"], masks, pixels)
     else:
         out["boxes"] = _transform_box_corners(sample["boxes"], matrix, shape[0], shape[1])
         if AREA_KEY in sample["extras"]:
@@ -301,14 +352,15 @@ def warp_affine(sample: dict, matrix: tf.Tensor, fill_value: float = 0.0) -> dic
             extras = dict(sample["extras"])
             extras[AREA_KEY] = sample["extras"][AREA_KEY] * tf.cast(det, sample["extras"][AREA_KEY].dtype)
             out["extras"] = extras
-    return out
+    return out, pixels
 
 
-def _rescale_area(extras, old_masks, new_masks):
+def _rescale_area(extras, old_masks, new_pixels):
+    """Scales the area extra by mask pixels after / before (new_pixels [N] already counted)."""
     if AREA_KEY not in extras:
         return extras
-    before = tf.reduce_sum(tf.cast(old_masks > 0.5, tf.float32), axis=[1, 2])
-    after = tf.reduce_sum(tf.cast(new_masks > 0.5, tf.float32), axis=[1, 2])
+    before = tf.reduce_sum(tf.reshape(tf.cast(old_masks, tf.float32), [tf.shape(old_masks)[0], -1]), axis=1)
+    after = new_pixels
     area = extras[AREA_KEY]
     ratio = tf.where(before > 0, after / tf.maximum(before, 1.0), tf.ones_like(before))
     out = dict(extras)
@@ -321,30 +373,35 @@ def random_affine(sample: dict, seed: tf.Tensor, p: AugmentationParams) -> dict:
     shape = tf.shape(sample["image"])
     hf, wf = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
 
-    def maybe(op, prob, value):
-        return tf.where(_happens(seed, op, prob), value, tf.zeros_like(value))
+    def maybe(op, prob, draw):
+        # Ops switched off cost no random draws: at small image sizes these scalar ops
+        # are a visible share of the time.
+        if prob <= 0.0:
+            return tf.constant(0.0)
+        return tf.where(_happens(seed, op, prob), draw(), 0.0)
 
-    log_scale = _uniform(seed, _OP_SCALE, 1, math.log(p.scale_min), math.log(p.scale_max))
-    scale = tf.exp(maybe(_OP_SCALE, p.scale_prob, log_scale))
-    # Crop window (zoom in) or paste position (zoom out) drawn so no image content is
-    # pushed out needlessly and no border is pulled in when zooming in.
-    slack = tf.abs(scale - 1.0) / 2.0
-    crop_ty = _uniform(seed, _OP_SCALE, 2, -1.0, 1.0) * slack * hf
-    crop_tx = _uniform(seed, _OP_SCALE, 3, -1.0, 1.0) * slack * wf
-    angle = maybe(_OP_ROTATE, p.rotate_prob,
-                  _uniform(seed, _OP_ROTATE, 1, -p.rotate_max_degrees, p.rotate_max_degrees))
-    shear_x = maybe(_OP_SHEAR, p.shear_prob, _uniform(seed, _OP_SHEAR, 1, -p.shear_max_degrees, p.shear_max_degrees))
-    shear_y = maybe(_OP_SHEAR, p.shear_prob, _uniform(seed, _OP_SHEAR, 2, -p.shear_max_degrees, p.shear_max_degrees))
-    t = p.translate_max_fraction
-    move_y = maybe(_OP_TRANSLATE, p.translate_prob, _uniform(seed, _OP_TRANSLATE, 1, -t, t) * hf)
-    move_x = maybe(_OP_TRANSLATE, p.translate_prob, _uniform(seed, _OP_TRANSLATE, 2, -t, t) * wf)
+    scale, crop_ty, crop_tx = tf.constant(1.0), tf.constant(0.0), tf.constant(0.0)
+    if p.scale_prob > 0 and not p.scale_min == p.scale_max == 1.0:
+        scale = tf.exp(maybe(_OP_SCALE, p.scale_prob,
+                             lambda: _uniform(seed, _OP_SCALE, 1, math.log(p.scale_min), math.log(p.scale_max))))
+        # Crop window (zoom in) or paste position (zoom out) drawn so no image content is
+        # pushed out needlessly and no border is pulled in when zooming in.
+        slack = tf.abs(scale - 1.0) / 2.0
+        crop_ty = _uniform(seed, _OP_SCALE, 2, -1.0, 1.0) * slack * hf
+        crop_tx = _uniform(seed, _OP_SCALE, 3, -1.0, 1.0) * slack * wf
+    r, sh, t = p.rotate_max_degrees, p.shear_max_degrees, p.translate_max_fraction
+    angle = maybe(_OP_ROTATE, p.rotate_prob, lambda: _uniform(seed, _OP_ROTATE, 1, -r, r))
+    shear_x = maybe(_OP_SHEAR, p.shear_prob, lambda: _uniform(seed, _OP_SHEAR, 1, -sh, sh))
+    shear_y = maybe(_OP_SHEAR, p.shear_prob, lambda: _uniform(seed, _OP_SHEAR, 2, -sh, sh))
+    move_y = maybe(_OP_TRANSLATE, p.translate_prob, lambda: _uniform(seed, _OP_TRANSLATE, 1, -t, t) * hf)
+    move_x = maybe(_OP_TRANSLATE, p.translate_prob, lambda: _uniform(seed, _OP_TRANSLATE, 2, -t, t) * wf)
     matrix = affine_matrix(shape[0], shape[1], scale, angle, shear_x, shear_y,
                            crop_ty + move_y, crop_tx + move_x)
     changed = tf.reduce_any(tf.not_equal(matrix, tf.eye(3)))
 
     def apply():
-        warped = warp_affine(sample, matrix, p.fill_value)
-        return drop_small_instances(warped, p.min_instance_pixels, p.min_box_side)
+        warped, pixels = _warp_affine_counting(sample, matrix, p.fill_value)
+        return drop_small_instances(warped, p.min_instance_pixels, p.min_box_side, pixels)
 
     return _cond_sample(changed, apply, sample)
 
@@ -375,10 +432,11 @@ def random_cutout(sample: dict, seed: tf.Tensor, p: AugmentationParams) -> dict:
             # Only boxes of touched instances are recomputed, so untouched ones keep
             # the annotator's box exactly.
             touched = tf.reduce_any(tf.not_equal(new_masks, masks), axis=[1, 2])
-            out["boxes"] = tf.where(touched[:, None], masks_to_boxes(new_masks), sample["boxes"])
+            new_boxes, pixels = mask_statistics(new_masks)
+            out["boxes"] = tf.where(touched[:, None], new_boxes, sample["boxes"])
             out["masks"] = new_masks
-            out["extras"] = _rescale_area(sample["extras"], masks, new_masks)
-            out = drop_small_instances(out, p.min_instance_pixels, p.min_box_side)
+            out["extras"] = _rescale_area(sample["extras"], masks, pixels)
+            out = drop_small_instances(out, p.min_instance_pixels, p.min_box_side, pixels)
         return out
 
     return _cond_sample(_happens(seed, _OP_CUTOUT, p.cutout_prob), apply, sample)
@@ -388,17 +446,27 @@ def random_cutout(sample: dict, seed: tf.Tensor, p: AugmentationParams) -> dict:
 
 
 def _cast_like(values: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    """Float values back to `like`'s dtype: clipped to [0, 255] and rounded for integers.
+
+    Float values are only cast: a bilinear warp cannot leave the input's range, and the
+    colour ops clip themselves (`random_colour`) or leave it to `augment`'s final cast.
+    """
     if like.dtype.is_integer:
         return tf.cast(tf.round(tf.clip_by_value(values, 0.0, 255.0)), like.dtype)
     return tf.cast(values, like.dtype)
 
 
-def gaussian_blur(image01: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
-    """Separable Gaussian blur of a float [H, W, 3] image; edges mirrored."""
+def _clip_cast_like(values: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    """Float values clipped to [0, 255] (whatever `like`'s dtype), then `_cast_like`."""
+    return _cast_like(values if like.dtype.is_integer else tf.clip_by_value(values, 0.0, 255.0), like)
+
+
+def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
+    """Separable Gaussian blur of a float [H, W, 3] image (any value range); edges mirrored."""
     x = tf.range(-radius, radius + 1, dtype=tf.float32)
     kernel = tf.exp(-0.5 * tf.square(x / tf.maximum(sigma, 1e-3)))
     kernel = kernel / tf.reduce_sum(kernel)
-    padded = tf.pad(image01[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="SYMMETRIC")
+    padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="SYMMETRIC")
     kv = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, 3, 1])
     kh = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, 3, 1])
     out = tf.nn.depthwise_conv2d(padded, kv, [1, 1, 1, 1], "VALID")
@@ -406,53 +474,102 @@ def gaussian_blur(image01: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tenso
     return out[0]
 
 
+# RGB -> YIQ (NTSC); hue turns are rotations of the (I, Q) chroma plane.
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
+_LUMA = _RGB_TO_YIQ[0]
+
+
+def colour_matrix(image: tf.Tensor, brightness=0.0, contrast=1.0, saturation=1.0, hue_turns=0.0,
+                  grayscale=False):
+    """(matrix [3, 3], offset [3]) with which `pixel @ matrix + offset` applies, in order:
+
+    brightness (add `brightness`, in 0-255 units), contrast (scale about the per-channel
+    mean by `contrast`), saturation (blend with the luma grey by `saturation`, as
+    PIL / torchvision do), hue (rotate the YIQ chroma plane by `hue_turns` of a full turn)
+    and, if `grayscale`, replace every channel by the luma. All of these are affine in
+    the pixel value, so they compose into one 3x3 matrix and one pass over the image.
+    """
+    f = lambda v: tf.cast(v, tf.float32)  # noqa: E731
+    luma = tf.constant(_LUMA, tf.float32)
+    eye = tf.eye(3)
+    # Column-vector matrices (new = M @ old), transposed once at the end.
+    saturate = f(saturation) * eye + (1.0 - f(saturation)) * tf.ones([3, 1]) * luma[None]
+    angle = f(hue_turns) * (2.0 * math.pi)
+    c, s = tf.cos(angle), tf.sin(angle)
+    rotate = tf.stack([tf.stack([1.0, 0.0, 0.0]), tf.stack([0.0, c, -s]), tf.stack([0.0, s, c])])
+    hue = tf.constant(_YIQ_TO_RGB) @ rotate @ tf.constant(_RGB_TO_YIQ)
+    grey = tf.where(tf.cast(grayscale, tf.bool), tf.ones([3, 1]) * luma[None], eye)
+    chroma = grey @ hue @ saturate
+    # brightness then contrast: c * (x + b) + (1 - c) * (mean + b) = c * x + b + (1 - c) * mean
+    mean = tf.reduce_mean(tf.reshape(tf.cast(image, tf.float32), [-1, 3]), axis=0)
+    offset = tf.linalg.matvec(chroma, f(brightness) + (1.0 - f(contrast)) * mean)
+    return tf.transpose(chroma * f(contrast)), offset
+
+
 def random_colour(image: tf.Tensor, seed: tf.Tensor, p: AugmentationParams) -> tf.Tensor:
-    """Photometric ops on the image only; returns the same dtype and range."""
-    x = tf.cast(image, tf.float32) / 255.0
+    """Photometric ops on the image only; returns the same dtype and range.
+
+    Brightness, contrast, saturation, hue and grayscale are drawn independently and
+    applied together as one affine colour map (`colour_matrix`); values are clipped to
+    [0, 255] once, after all of them, rather than after each.
+    """
+    x = _random_colour_float(tf.cast(image, tf.float32), seed, p)
+    return _clip_cast_like(x, image)
+
+
+def _random_colour_float(image: tf.Tensor, seed: tf.Tensor, p: AugmentationParams) -> tf.Tensor:
+    """`random_colour` on a float32 [H, W, 3] image in [0, 255], without the final clip."""
+    shape = tf.shape(image)
+    x = tf.reshape(image, [-1, 3])
+
+    def draw(op, prob, low, high, identity):
+        if prob <= 0.0:
+            return tf.constant(identity, tf.float32)
+        return tf.where(_happens(seed, op, prob), _uniform(seed, op, 1, low, high), identity)
+
+    brightness = draw(_OP_BRIGHTNESS, p.brightness_prob, -p.brightness_max_delta, p.brightness_max_delta, 0.0)
+    contrast = draw(_OP_CONTRAST, p.contrast_prob, p.contrast_lower, p.contrast_upper, 1.0)
+    saturation = draw(_OP_SATURATION, p.saturation_prob, p.saturation_lower, p.saturation_upper, 1.0)
+    hue = draw(_OP_HUE, p.hue_prob, -p.hue_max_delta, p.hue_max_delta, 0.0)
+    grayscale = _happens(seed, _OP_GRAYSCALE, p.grayscale_prob) if p.grayscale_prob > 0 else False
+    if max(p.brightness_prob, p.contrast_prob, p.saturation_prob, p.hue_prob, p.grayscale_prob) > 0:
+        matrix, offset = colour_matrix(x, brightness * 255.0, contrast, saturation, hue, grayscale)
+        x = tf.matmul(x, matrix) + offset[None]
+    x = tf.reshape(x, shape)
 
     def when(op, prob, fn, x):
-        if prob <= 0.0:
-            return x
         return tf.cond(_happens(seed, op, prob), lambda: fn(x), lambda: x)
 
-    def sub(op):
-        return _op_seed(_op_seed(seed, op), 7)
-
-    x = when(_OP_BRIGHTNESS, p.brightness_prob,
-             lambda x: tf.image.stateless_random_brightness(x, p.brightness_max_delta, sub(_OP_BRIGHTNESS)), x)
-    x = when(_OP_CONTRAST, p.contrast_prob,
-             lambda x: tf.image.stateless_random_contrast(x, p.contrast_lower, p.contrast_upper, sub(_OP_CONTRAST)), x)
-    x = tf.clip_by_value(x, 0.0, 1.0)
-    x = when(_OP_SATURATION, p.saturation_prob,
-             lambda x: tf.image.stateless_random_saturation(x, p.saturation_lower, p.saturation_upper,
-                                                            sub(_OP_SATURATION)), x)
-    x = when(_OP_HUE, p.hue_prob, lambda x: tf.image.stateless_random_hue(x, p.hue_max_delta, sub(_OP_HUE)), x)
-    x = when(_OP_GRAYSCALE, p.grayscale_prob, lambda x: tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3]), x)
-    if p.blur_sigma_max > 0:
+    if p.blur_prob > 0 and p.blur_sigma_max > 0:
         radius = max(1, int(math.ceil(3 * p.blur_sigma_max)))
         sigma = _uniform(seed, _OP_BLUR, 1, 0.1, p.blur_sigma_max)
         # Mirrored padding needs the image to be larger than the kernel radius.
         big_enough = tf.reduce_all(tf.shape(x)[:2] > radius)
         x = when(_OP_BLUR, p.blur_prob,
                  lambda x: tf.cond(big_enough, lambda: gaussian_blur(x, sigma, radius), lambda: x), x)
-    if p.noise_std_max > 0:
-        std = _uniform(seed, _OP_NOISE, 1, 0.0, p.noise_std_max)
-        x = when(_OP_NOISE, p.noise_prob,
-                 lambda x: x + std * tf.random.stateless_normal(tf.shape(x), _op_seed(sub(_OP_NOISE), 1)), x)
-    return _cast_like(tf.clip_by_value(x, 0.0, 1.0) * 255.0, image)
+    if p.noise_prob > 0 and p.noise_std_max > 0:
+        std = _uniform(seed, _OP_NOISE, 1, 0.0, p.noise_std_max) * 255.0
+        noise_seed = _op_seed(_op_seed(_op_seed(seed, _OP_NOISE), 7), 1)
+        x = when(_OP_NOISE, p.noise_prob, lambda x: x + std * tf.random.stateless_normal(tf.shape(x), noise_seed), x)
+    return x
 
 
 # ------------------------------------------------------------------------------- entry
 
 
-def _cond_sample(pred, true_fn, sample):
-    """tf.cond over a sample dict whose masks may be None (None is not a tensor)."""
+def _cond_sample(pred, true_fn, sample, false_fn=None):
+    """tf.cond over sample dicts whose masks may be None (None is not a tensor).
+
+    The false branch returns `sample` unchanged, or `false_fn()` when given.
+    """
+    false_fn = false_fn or (lambda: dict(sample))
+    strip = lambda s: {k: v for k, v in s.items() if k != "masks"}  # noqa: E731
     if sample["masks"] is None:
-        strip = lambda s: {k: v for k, v in s.items() if k != "masks"}  # noqa: E731
-        out = tf.cond(pred, lambda: strip(true_fn()), lambda: strip(sample))
+        out = tf.cond(pred, lambda: strip(true_fn()), lambda: strip(false_fn()))
         out["masks"] = None
         return out
-    return tf.cond(pred, true_fn, lambda: dict(sample))
+    return tf.cond(pred, true_fn, false_fn)
 
 
 def augment(image: tf.Tensor, boxes: tf.Tensor, masks: Optional[tf.Tensor], classes: tf.Tensor,
@@ -474,12 +591,21 @@ def augment(image: tf.Tensor, boxes: tf.Tensor, masks: Optional[tf.Tensor], clas
         k = tf.where(_happens(seed, _OP_ROT90, params.rot90_prob),
                      tf.random.stateless_uniform([], _op_seed(_op_seed(seed, _OP_ROT90), 1), 1, 4, tf.int32), 0)
         sample = rotate90(sample, k)
-    if max(params.scale_prob, params.rotate_prob, params.shear_prob, params.translate_prob) > 0:
+    warps = max(params.scale_prob, params.rotate_prob, params.shear_prob, params.translate_prob) > 0
+    cuts = params.cutout_prob > 0 and params.cutout_max_fraction > 0
+    colours = max(params.brightness_prob, params.contrast_prob, params.saturation_prob, params.hue_prob,
+                  params.grayscale_prob, params.blur_prob, params.noise_prob) > 0
+    # The warp, cutout and colour ops all compute in float: convert once here and once
+    # at the end instead of around every op (each conversion is a pass over the image).
+    original_image = sample["image"]
+    if warps or cuts or colours:
+        sample["image"] = tf.cast(original_image, tf.float32)
+    if warps:
         sample = random_affine(sample, seed, params)
-    if params.cutout_prob > 0 and params.cutout_max_fraction > 0:
+    if cuts:
         sample = random_cutout(sample, seed, params)
-    colour_probs = [params.brightness_prob, params.contrast_prob, params.saturation_prob, params.hue_prob,
-                    params.grayscale_prob, params.blur_prob, params.noise_prob]
-    if max(colour_probs) > 0:
-        sample["image"] = random_colour(sample["image"], seed, params)
+    if colours:
+        sample["image"] = _random_colour_float(sample["image"], seed, params)
+    if warps or cuts or colours:
+        sample["image"] = _clip_cast_like(sample["image"], original_image)
     return sample["image"], sample["boxes"], sample["masks"], sample["classes"], sample["extras"]
