@@ -53,7 +53,7 @@ def run_one(args) -> None:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
   from official.core import exp_factory  # pylint: disable=g-import-not-at-top
-  from tfmaskrcnn import train  # pylint: disable=g-import-not-at-top
+  from tfmaskrcnn import configs, train  # pylint: disable=g-import-not-at-top
 
   tf_keras.utils.set_random_seed(args.seed)
   tf.random.set_seed(args.seed)
@@ -65,11 +65,8 @@ def run_one(args) -> None:
                               'sampling': {'seed': args.seed},
                               'parser': {'augmentation': {'seed': args.seed}}},
                'validation_data': {'input_path': records['val']}},
-      'trainer': {'train_steps': steps, 'validation_interval': steps,
-                  'checkpoint_interval': steps,
-                  'optimizer_config': {'learning_rate': {'stepwise': {
-                      'boundaries': [50, int(steps * 0.8)]}}}},
-  }, SETTINGS[args.setting]), is_strict=True)
+      'trainer': {'checkpoint_interval': steps},
+  }, _merge(configs.shapes_budget_override(steps), SETTINGS[args.setting])), is_strict=True)
   model_dir = os.path.join(args.output, 'runs', f'{args.setting}_seed{args.seed}')
   _, logs = train.run(params, model_dir, 'train', post_eval=True)
   result = {k: float(v) for k, v in logs.items() if np.ndim(v) == 0}

@@ -9,7 +9,8 @@ Runs the same TFRecords through decode -> Mask R-CNN train parsing -> batch, for
               pipeline close to `standard` (only if imgaug imports; it needs numpy<2).
 The variants are timed in turns for `--rounds` rounds, so load from other processes
 falls on all of them alike; in each round a variant's pipeline is built, warmed up
-(`--warmup` batches: tracing, buffers) and timed alone; the median round counts.
+(`--warmup` batches: tracing, buffers) and timed alone. Reported: the median images/s
+over rounds and the median over rounds of each round's ratio to stock.
 Prints a table and writes JSON.
 Make TFRecords with `tfmaskrcnn convert --annotations ... --images ... --output DIR`.
 """
@@ -89,6 +90,7 @@ def main(argv=None) -> int:
         except ImportError as err:
             print(f"skipping {name}: {err}", file=sys.stderr)
     rounds = {name: [] for name in parsers}
+    load_before = os.getloadavg()[0]
     for r in range(args.rounds):
         for name, parser in parsers.items():
             # One pipeline alive at a time: an idle pipeline would keep filling its
@@ -99,15 +101,20 @@ def main(argv=None) -> int:
             rounds[name].append(time_batches(iterator, args.batches, args.batch_size))
             del iterator
             print(f"round {r + 1} {name:>9}: {rounds[name][-1]:7.2f} images/s", flush=True)
+    load = (load_before, os.getloadavg()[0])
+    print(f"1-minute load average: {load[0]:.1f} before, {load[1]:.1f} after ({os.cpu_count()} CPUs)")
     results = {name: statistics.median(rates) for name, rates in rounds.items()}
-    stock = results.get("stock")
-    print(f"\n| variant | images/s | vs stock |\n|---|---|---|")
+    # Ratio to stock within each round, then the median: load that changes between
+    # rounds moves both numbers of a round together and cancels in the ratio.
+    paired = {name: statistics.median(r / s for r, s in zip(rates, rounds["stock"]))
+              for name, rates in rounds.items()} if "stock" in rounds else {}
+    print(f"\n| variant | images/s (median) | median per-round ratio to stock |\n|---|---|---|")
     for name, rate in results.items():
-        print(f"| {name} | {rate:.2f} | {rate / stock:.2f}x |" if stock else f"| {name} | {rate:.2f} | - |")
+        print(f"| {name} | {rate:.2f} | {paired[name]:.2f}x |" if paired else f"| {name} | {rate:.2f} | - |")
     if args.json_output:
-        report = {"images_per_second": results, "rounds": rounds, "files": files, "output_size": args.output_size,
+        report = {"images_per_second": results, "ratio_to_stock": paired, "rounds": rounds, "files": files, "output_size": args.output_size,
                   "batch_size": args.batch_size, "warmup_batches": args.warmup, "timed_batches": args.batches, "num_rounds": args.rounds,
-                  "threads": args.threads or "autotune", "cpus": os.cpu_count(), "machine": platform.machine(),
+                  "threads": args.threads or "autotune", "cpus": os.cpu_count(), "load_average": load, "machine": platform.machine(),
                   "tensorflow": tf.__version__}
         temporary = args.json_output + ".tmp"
         with open(temporary, "w") as f:

@@ -115,6 +115,19 @@ def _restrictions() -> List[str]:
 SHAPES_TRAIN_STEPS = 1200
 
 
+def shapes_budget_override(train_steps: int) -> dict:
+  """Trainer override giving `tfmaskrcnn_shapes_cpu` another step budget.
+
+  The learning-rate schedule moves with it: a short low-rate start (50 steps, less for very
+  short runs), then the peak rate until 80% of the budget, then a tenth of it.
+  """
+  warmup = min(50, max(1, train_steps // 4))
+  decay = max(warmup + 1, int(train_steps * 0.8))
+  return {'trainer': {
+      'train_steps': train_steps, 'validation_interval': train_steps,
+      'optimizer_config': {'learning_rate': {'stepwise': {'boundaries': [warmup, decay]}}}}}
+
+
 @exp_factory.register_config_factory('tfmaskrcnn_shapes_cpu')
 def tfmaskrcnn_shapes_cpu() -> cfg.ExperimentConfig:
   """A tiny Mask R-CNN that trains on the 128 px shapes dataset on a laptop CPU in minutes.
@@ -164,7 +177,7 @@ def tfmaskrcnn_shapes_cpu() -> cfg.ExperimentConfig:
           summary_interval=50,
           checkpoint_interval=200,
           max_to_keep=2,
-          optimizer_config=_sgd([50, int(steps * 0.8)], [0.004, 0.02, 0.002]),
+          optimizer_config=_sgd([50, int(steps * 0.8)], [0.004, 0.02, 0.002]),  # see shapes_budget_override
       ),
       restrictions=_restrictions(),
   )

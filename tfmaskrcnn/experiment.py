@@ -56,6 +56,11 @@ def resolve_label_map(task_config) -> LabelMap:
         'No label map: set task.label_map_path to the label_map.json written by '
         '`tfmaskrcnn convert`, or point task.train_data.input_path at records that have one '
         f'beside them (input_path is {task_config.train_data.input_path!r}).')
+  if '://' not in path:
+    path = os.path.abspath(path)  # params.yaml must work from any working directory
+  if not tf.io.gfile.exists(path):
+    raise ConfigError(f'task.label_map_path {path} does not exist: point it at the label_map.json '
+                      'written by `tfmaskrcnn convert` (--params_override task.label_map_path=...)')
   if task_config.label_map_path != path:
     task_config.label_map_path = path
   return LabelMap.load(path)

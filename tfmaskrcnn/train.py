@@ -8,6 +8,8 @@ restores it).
 
 from __future__ import annotations
 
+import os
+
 from absl import flags
 from absl import logging
 from official.common import distribute_utils
@@ -19,6 +21,7 @@ from official.modeling import performance
 
 from tfmaskrcnn import experiment
 from tfmaskrcnn import registry_imports  # pylint: disable=unused-import
+from tfmaskrcnn.data.label_map import LABEL_MAP_FILENAME
 
 FLAGS = flags.FLAGS
 
@@ -34,6 +37,8 @@ def run(params, model_dir: str, mode: str, post_eval: bool = False):
     # Pure eval modes write no yaml, so a continuous eval job cannot race the trainer.
     train_utils.serialize_config(params, model_dir)
     experiment.write_resolution_report(params.task, label_map, model_dir)
+    # A copy beside the checkpoints keeps the model dir self-contained for eval and export.
+    label_map.save(os.path.join(model_dir, LABEL_MAP_FILENAME))
   if params.runtime.mixed_precision_dtype:
     performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
   strategy = distribute_utils.get_distribution_strategy(

@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """The main job on the embedded dataset, no download: shapes -> TFRecords -> train -> evaluate.
 
+Evaluation writes demo_out/eval/report.html (per-class AP, confusion matrix, collapse alarm).
+
   python tools/demo.py --output demo_out [--train-steps 800] [--class-ratios 1,1,1]
 
 The same steps by hand are in README.md; this script only chains the package's functions.
@@ -37,7 +39,7 @@ def main() -> int:
 
   import tf_keras  # pylint: disable=g-import-not-at-top
   from official.core import exp_factory  # pylint: disable=g-import-not-at-top
-  from tfmaskrcnn import train  # pylint: disable=g-import-not-at-top
+  from tfmaskrcnn import configs, train  # pylint: disable=g-import-not-at-top
   from tfmaskrcnn.evaluation import summary  # pylint: disable=g-import-not-at-top
 
   tf_keras.utils.set_random_seed(args.seed)
@@ -47,14 +49,15 @@ def main() -> int:
                'validation_data': {'input_path': os.path.join(records['val'], '*.tfrecord')}},
   }, is_strict=True)
   if args.train_steps:
-    steps = args.train_steps
-    params.override({'trainer': {
-        'train_steps': steps, 'validation_interval': steps,
-        'optimizer_config': {'learning_rate': {'stepwise': {'boundaries': [50, int(steps * 0.8)]}}},
-    }}, is_strict=True)
+    params.override(configs.shapes_budget_override(args.train_steps), is_strict=True)
   model_dir = os.path.join(args.output, 'model')
   _, eval_logs = train.run(params, model_dir, 'train', post_eval=True)
   print(summary.format_eval_logs(eval_logs))
+
+  # The per-class report: confusion matrix, collapse alarm, worst images per class.
+  from tfmaskrcnn import cli  # pylint: disable=g-import-not-at-top
+  cli.main(['eval', '--model_dir', model_dir, '--data', os.path.join(records['val'], '*.tfrecord'),
+            '--output', os.path.join(args.output, 'eval'), '--quiet'])
   print(f'\nModel dir: {model_dir}   wall time: {time.time() - start:.0f} s')
   return 0
 

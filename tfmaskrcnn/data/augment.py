@@ -11,7 +11,12 @@ masks. The ops here move the image and every instance mask with the same transfo
 * cutout blanks the image and the masks in the same rectangles and recomputes the
   boxes of the instances it touched;
 * colour ops (brightness, contrast, saturation, hue, grayscale, blur, noise) change
-  the image only.
+  the image only; the first five are affine in the pixel value and are applied as one
+  3x3 colour matrix.
+
+Speed matters because this runs on the input pipeline's CPU for every training image:
+the image is converted to float once, masks are warped bit-packed, and the box, pixel
+count and area bookkeeping share one pass over the warped masks (docs/benchmarks.md).
 
 Instances that become empty or tiny are dropped together with their class, box and
 every per-instance extra (is_crowd, area, ...), so nothing comes apart. Crowd instances
@@ -22,8 +27,9 @@ Conventions follow Model Garden's `TfExampleDecoder`: image uint8 (or float in
 float [N, H, W] with values 0/1 (or None); classes [N]; extras a dict of [N, ...]
 tensors. The output has the same dtypes; H and W change only under rot90.
 
-Determinism: every op draws its randomness with stateless ops from
-`tf.random.experimental.stateless_fold_in(seed, op_index)`, so the output is a pure
+Determinism: every op draws its randomness with stateless ops from the seed (one
+`stateless_uniform` vector with a fixed slot per op for the scalar draws, and
+`stateless_fold_in(seed, op_index)` for the rest), so the output is a pure
 function of the inputs and the seed [2] (same seed -> same output, in eager mode, in a
 `tf.function` and inside `tf.data` map with any parallelism). Where the per-element
 seed comes from is decided by the caller (see `augment_presets.build_augmenter`).
@@ -116,13 +122,49 @@ class AugmentationParams:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _op_seed(seed: tf.Tensor, op_index: int) -> tf.Tensor:
+class _Draws:
+    """The per-example seed plus one batch of uniform draws, 4 per op index.
+
+    Every scalar draw an op needs (does it happen, its magnitude) is read from one
+    `stateless_uniform` vector instead of a fold-in chain of its own: at small image
+    sizes those few-element ops were a visible share of the augmentation time. Slots
+    are fixed per (op index, salt), so adding an op never changes the others' draws.
+    """
+
+    SALTS = 4
+    SLOTS = 16 * SALTS  # op indices 0..15
+
+    def __init__(self, seed: tf.Tensor):
+        self.seed = seed
+        self.table = tf.random.stateless_uniform([self.SLOTS], seed)
+
+
+def _op_seed(seed, op_index: int) -> tf.Tensor:
+    seed = seed.seed if isinstance(seed, _Draws) else seed
     return tf.random.experimental.stateless_fold_in(seed, op_index)
 
 
 def _uniform(seed, op_index, salt, minval=0.0, maxval=1.0, shape=()):
+    if isinstance(seed, _Draws) and salt < _Draws.SALTS and shape == ():
+        return minval + (maxval - minval) * seed.table[op_index * _Draws.SALTS + salt]
     sub = tf.random.experimental.stateless_fold_in(_op_seed(seed, op_index), salt)
     return tf.random.stateless_uniform(shape, sub, minval=minval, maxval=maxval)
+
+
+def _draw_many(seed, ops, probs, lows, highs, identities, salts=None) -> tf.Tensor:
+    """For each op: a uniform draw in [low, high) if it happens (prob), else its identity value.
+
+    The same draws as `_happens` / `_uniform(..., salt=1, ...)` per op, computed as a
+    handful of vector ops (few-element ops cost as much as big ones at small sizes).
+    """
+    if not isinstance(seed, _Draws):
+        seed = _Draws(seed)
+    slots = np.array(ops) * _Draws.SALTS
+    happens = tf.gather(seed.table, slots) < np.array(probs, np.float32)
+    lows, highs = np.array(lows, np.float32), np.array(highs, np.float32)
+    salts = np.ones(len(ops), np.int64) if salts is None else np.array(salts)
+    values = lows + (highs - lows) * tf.gather(seed.table, slots + salts)
+    return tf.where(happens, values, np.array(identities, np.float32))
 
 
 def _happens(seed, op_index, prob: float) -> tf.Tensor:
@@ -249,22 +291,16 @@ def affine_matrix(height, width, scale=1.0, angle_deg=0.0, shear_x_deg=0.0, shea
     Rotation is counter-clockwise on screen for positive angles; translations in pixels.
     """
     f = lambda v: tf.cast(v, tf.float32)  # noqa: E731
-    cy, cx = (f(height) - 1.0) / 2.0, (f(width) - 1.0) / 2.0
+    centre = tf.stack([(f(width) - 1.0) / 2.0, (f(height) - 1.0) / 2.0])  # (x, y)
     a = f(angle_deg) * (math.pi / 180.0)
-    one, zero = tf.constant(1.0), tf.constant(0.0)
-
-    def mat(rows):
-        return tf.stack([tf.stack(r) for r in rows])
-
-    to_origin = mat([[one, zero, -cx], [zero, one, -cy], [zero, zero, one]])
-    back = mat([[one, zero, cx + f(translate_x)], [zero, one, cy + f(translate_y)], [zero, zero, one]])
-    s = f(scale)
-    scaling = mat([[s, zero, zero], [zero, s, zero], [zero, zero, one]])
-    # Screen y points down, so a counter-clockwise rotation uses -sin in the y row's x term.
-    rotation = mat([[tf.cos(a), tf.sin(a), zero], [-tf.sin(a), tf.cos(a), zero], [zero, zero, one]])
-    shear = mat([[one, tf.tan(f(shear_x_deg) * math.pi / 180.0), zero],
-                 [tf.tan(f(shear_y_deg) * math.pi / 180.0), one, zero], [zero, zero, one]])
-    return back @ rotation @ shear @ scaling @ to_origin
+    cos, sin = tf.cos(a), tf.sin(a)
+    tx, ty = tf.tan(f(shear_x_deg) * (math.pi / 180.0)), tf.tan(f(shear_y_deg) * (math.pi / 180.0))
+    # linear part: scale * rotation @ shear; screen y points down, so a counter-clockwise
+    # rotation is [[cos, sin], [-sin, cos]] in (x, y).
+    linear = f(scale) * tf.reshape(tf.stack([cos + sin * ty, cos * tx + sin, cos * ty - sin, cos - sin * tx]), [2, 2])
+    # about the centre, then moved: x' = L (x - c) + c + t
+    shift = centre + tf.stack([f(translate_x), f(translate_y)]) - tf.linalg.matvec(linear, centre)
+    return tf.concat([tf.concat([linear, shift[:, None]], axis=1), tf.constant([[0.0, 0.0, 1.0]])], axis=0)
 
 
 def _warp(images: tf.Tensor, inverse: tf.Tensor, interpolation: str, fill_value: float) -> tf.Tensor:
@@ -390,11 +426,11 @@ def random_affine(sample: dict, seed: tf.Tensor, p: AugmentationParams) -> dict:
         crop_ty = _uniform(seed, _OP_SCALE, 2, -1.0, 1.0) * slack * hf
         crop_tx = _uniform(seed, _OP_SCALE, 3, -1.0, 1.0) * slack * wf
     r, sh, t = p.rotate_max_degrees, p.shear_max_degrees, p.translate_max_fraction
-    angle = maybe(_OP_ROTATE, p.rotate_prob, lambda: _uniform(seed, _OP_ROTATE, 1, -r, r))
-    shear_x = maybe(_OP_SHEAR, p.shear_prob, lambda: _uniform(seed, _OP_SHEAR, 1, -sh, sh))
-    shear_y = maybe(_OP_SHEAR, p.shear_prob, lambda: _uniform(seed, _OP_SHEAR, 2, -sh, sh))
-    move_y = maybe(_OP_TRANSLATE, p.translate_prob, lambda: _uniform(seed, _OP_TRANSLATE, 1, -t, t) * hf)
-    move_x = maybe(_OP_TRANSLATE, p.translate_prob, lambda: _uniform(seed, _OP_TRANSLATE, 2, -t, t) * wf)
+    angle, shear_x, shear_y, move_y, move_x = tf.unstack(_draw_many(
+        seed, [_OP_ROTATE, _OP_SHEAR, _OP_SHEAR, _OP_TRANSLATE, _OP_TRANSLATE],
+        [p.rotate_prob, p.shear_prob, p.shear_prob, p.translate_prob, p.translate_prob],
+        [-r, -sh, -sh, -t, -t], [r, sh, sh, t, t], [0.0] * 5, salts=[1, 1, 2, 1, 2]))
+    move_y, move_x = move_y * hf, move_x * wf
     matrix = affine_matrix(shape[0], shape[1], scale, angle, shear_x, shear_y,
                            crop_ty + move_y, crop_tx + move_x)
     changed = tf.reduce_any(tf.not_equal(matrix, tf.eye(3)))
@@ -478,6 +514,12 @@ def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
 _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
 _LUMA = _RGB_TO_YIQ[0]
+_EYE = np.eye(3, dtype=np.float32)
+_GREY = np.ones([3, 1], np.float32) * _LUMA[None]  # every channel becomes the luma
+# Hue rotation by angle a in YIQ: YIQ_TO_RGB @ (fixed + cos a * cos_part + sin a * sin_part) @ RGB_TO_YIQ.
+_HUE_FIXED = (_YIQ_TO_RGB @ np.diag([1.0, 0.0, 0.0]).astype(np.float32) @ _RGB_TO_YIQ).astype(np.float32)
+_HUE_COS = (_YIQ_TO_RGB @ np.diag([0.0, 1.0, 1.0]).astype(np.float32) @ _RGB_TO_YIQ).astype(np.float32)
+_HUE_SIN = (_YIQ_TO_RGB @ np.array([[0, 0, 0], [0, 0, -1], [0, 1, 0]], np.float32) @ _RGB_TO_YIQ).astype(np.float32)
 
 
 def colour_matrix(image: tf.Tensor, brightness=0.0, contrast=1.0, saturation=1.0, hue_turns=0.0,
@@ -491,20 +533,16 @@ def colour_matrix(image: tf.Tensor, brightness=0.0, contrast=1.0, saturation=1.0
     the pixel value, so they compose into one 3x3 matrix and one pass over the image.
     """
     f = lambda v: tf.cast(v, tf.float32)  # noqa: E731
-    luma = tf.constant(_LUMA, tf.float32)
-    eye = tf.eye(3)
-    # Column-vector matrices (new = M @ old), transposed once at the end.
-    saturate = f(saturation) * eye + (1.0 - f(saturation)) * tf.ones([3, 1]) * luma[None]
+    # Column-vector matrices (new = M @ old), transposed once at the end. Built from
+    # precomputed numpy bases so the graph has a few scalar ops, not dozens.
+    saturate = _GREY + f(saturation) * (_EYE - _GREY)
     angle = f(hue_turns) * (2.0 * math.pi)
-    c, s = tf.cos(angle), tf.sin(angle)
-    rotate = tf.stack([tf.stack([1.0, 0.0, 0.0]), tf.stack([0.0, c, -s]), tf.stack([0.0, s, c])])
-    hue = tf.constant(_YIQ_TO_RGB) @ rotate @ tf.constant(_RGB_TO_YIQ)
-    grey = tf.where(tf.cast(grayscale, tf.bool), tf.ones([3, 1]) * luma[None], eye)
-    chroma = grey @ hue @ saturate
+    hue = _HUE_FIXED + tf.cos(angle) * _HUE_COS + tf.sin(angle) * _HUE_SIN
+    chroma = tf.where(tf.cast(grayscale, tf.bool), _GREY, _EYE) @ hue @ saturate
     # brightness then contrast: c * (x + b) + (1 - c) * (mean + b) = c * x + b + (1 - c) * mean
     mean = tf.reduce_mean(tf.reshape(tf.cast(image, tf.float32), [-1, 3]), axis=0)
     offset = tf.linalg.matvec(chroma, f(brightness) + (1.0 - f(contrast)) * mean)
-    return tf.transpose(chroma * f(contrast)), offset
+    return tf.transpose(chroma) * f(contrast), offset
 
 
 def random_colour(image: tf.Tensor, seed: tf.Tensor, p: AugmentationParams) -> tf.Tensor:
@@ -514,7 +552,7 @@ def random_colour(image: tf.Tensor, seed: tf.Tensor, p: AugmentationParams) -> t
     applied together as one affine colour map (`colour_matrix`); values are clipped to
     [0, 255] once, after all of them, rather than after each.
     """
-    x = _random_colour_float(tf.cast(image, tf.float32), seed, p)
+    x = _random_colour_float(tf.cast(image, tf.float32), _Draws(tf.cast(seed, tf.int64)), p)
     return _clip_cast_like(x, image)
 
 
@@ -523,15 +561,12 @@ def _random_colour_float(image: tf.Tensor, seed: tf.Tensor, p: AugmentationParam
     shape = tf.shape(image)
     x = tf.reshape(image, [-1, 3])
 
-    def draw(op, prob, low, high, identity):
-        if prob <= 0.0:
-            return tf.constant(identity, tf.float32)
-        return tf.where(_happens(seed, op, prob), _uniform(seed, op, 1, low, high), identity)
-
-    brightness = draw(_OP_BRIGHTNESS, p.brightness_prob, -p.brightness_max_delta, p.brightness_max_delta, 0.0)
-    contrast = draw(_OP_CONTRAST, p.contrast_prob, p.contrast_lower, p.contrast_upper, 1.0)
-    saturation = draw(_OP_SATURATION, p.saturation_prob, p.saturation_lower, p.saturation_upper, 1.0)
-    hue = draw(_OP_HUE, p.hue_prob, -p.hue_max_delta, p.hue_max_delta, 0.0)
+    brightness, contrast, saturation, hue = tf.unstack(_draw_many(
+        seed, [_OP_BRIGHTNESS, _OP_CONTRAST, _OP_SATURATION, _OP_HUE],
+        [p.brightness_prob, p.contrast_prob, p.saturation_prob, p.hue_prob],
+        [-p.brightness_max_delta, p.contrast_lower, p.saturation_lower, -p.hue_max_delta],
+        [p.brightness_max_delta, p.contrast_upper, p.saturation_upper, p.hue_max_delta],
+        [0.0, 1.0, 1.0, 0.0]))
     grayscale = _happens(seed, _OP_GRAYSCALE, p.grayscale_prob) if p.grayscale_prob > 0 else False
     if max(p.brightness_prob, p.contrast_prob, p.saturation_prob, p.hue_prob, p.grayscale_prob) > 0:
         matrix, offset = colour_matrix(x, brightness * 255.0, contrast, saturation, hue, grayscale)
@@ -550,8 +585,12 @@ def _random_colour_float(image: tf.Tensor, seed: tf.Tensor, p: AugmentationParam
                  lambda x: tf.cond(big_enough, lambda: gaussian_blur(x, sigma, radius), lambda: x), x)
     if p.noise_prob > 0 and p.noise_std_max > 0:
         std = _uniform(seed, _OP_NOISE, 1, 0.0, p.noise_std_max) * 255.0
-        noise_seed = _op_seed(_op_seed(_op_seed(seed, _OP_NOISE), 7), 1)
-        x = when(_OP_NOISE, p.noise_prob, lambda x: x + std * tf.random.stateless_normal(tf.shape(x), noise_seed), x)
+
+        def add_noise(x):
+            noise_seed = _op_seed(_op_seed(_op_seed(seed, _OP_NOISE), 7), 1)
+            return x + std * tf.random.stateless_normal(tf.shape(x), noise_seed)
+
+        x = when(_OP_NOISE, p.noise_prob, add_noise, x)
     return x
 
 
@@ -578,7 +617,7 @@ def augment(image: tf.Tensor, boxes: tf.Tensor, masks: Optional[tf.Tensor], clas
 
     `seed` is an int [2] tensor; the result is a pure function of the inputs and it.
     """
-    seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+    seed = _Draws(tf.cast(tf.convert_to_tensor(seed), tf.int64))
     sample = {"image": tf.convert_to_tensor(image), "boxes": tf.cast(boxes, tf.float32),
               "masks": None if masks is None else tf.convert_to_tensor(masks),
               "classes": tf.convert_to_tensor(classes),

@@ -157,7 +157,13 @@ def load_params(params_path: str):
                             '(it holds params.yaml and ckpt-N files)')
   # params.yaml holds every field of the run, so the defaults below are all overridden.
   params = cfg.ExperimentConfig(task=configs.TfMaskRCNNTask())
-  return hyperparams.override_params_dict(params, params_path, is_strict=True)
+  params = hyperparams.override_params_dict(params, params_path, is_strict=True)
+  # Training copies the label map into the model dir, so a run moved to another machine
+  # still knows its classes when the recorded path does not exist there.
+  beside = os.path.join(os.path.dirname(params_path), LABEL_MAP_FILENAME)
+  if not tf.io.gfile.exists(params.task.label_map_path) and tf.io.gfile.exists(beside):
+    params.task.label_map_path = beside
+  return params
 
 
 def latest_checkpoint(model_dir: str) -> str:
