@@ -255,3 +255,28 @@ def test_config_seed_reproduces_a_sequential_tf_data_run():
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
     assert any(a.shape != e[0].shape or not np.array_equal(a, e[0]) for a, e in zip(first, examples))
+
+
+def test_colour_matrix_applies_each_colour_op_as_defined():
+    rng = np.random.default_rng(3)
+    image = rng.uniform(0, 255, (16, 24, 3)).astype(np.float32)
+    pixels = image.reshape(-1, 3)
+
+    def apply(**kwargs):
+        matrix, offset = augment.colour_matrix(image, **kwargs)
+        return pixels @ matrix.numpy() + offset.numpy()
+
+    np.testing.assert_allclose(apply(), pixels, atol=1e-3)  # all identities
+    np.testing.assert_allclose(apply(brightness=20.0), pixels + 20.0, atol=1e-3)
+    # Contrast scales about the per-channel mean, which it keeps.
+    out = apply(contrast=0.5)
+    np.testing.assert_allclose(out.mean(axis=0), pixels.mean(axis=0), atol=1e-2)
+    np.testing.assert_allclose(out - out.mean(axis=0), 0.5 * (pixels - pixels.mean(axis=0)), atol=1e-2)
+    # Saturation 0 and grayscale give grey pixels at the luma; luma survives saturation and hue.
+    luma = pixels @ np.array([0.299, 0.587, 0.114], np.float32)
+    for grey in (apply(saturation=0.0), apply(grayscale=True)):
+        np.testing.assert_allclose(grey, np.repeat(luma[:, None], 3, axis=1), atol=1e-2)
+    for changed in (apply(saturation=1.7), apply(hue_turns=0.2)):
+        assert np.abs(changed - pixels).mean() > 1.0
+        np.testing.assert_allclose(changed @ np.array([0.299, 0.587, 0.114], np.float32), luma, atol=1e-2)
+    np.testing.assert_allclose(apply(hue_turns=1.0), pixels, atol=1e-2)  # a full turn

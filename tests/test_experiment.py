@@ -64,3 +64,10 @@ def test_label_map_round_trip_keeps_coco_ids(tmp_path):
     path = str(tmp_path / "label_map.json")
     label_map.save(path)
     assert LabelMap.load(path) == label_map
+
+
+def test_model_garden_loss_switches_that_would_be_ignored_are_refused(shapes_records, tiny_experiment):
+    params = tiny_experiment(shapes_records)
+    params.task.losses.frcnn_class_use_binary_cross_entropy = True
+    with pytest.raises(experiment.ConfigError, match="loss_type"):
+        experiment.resolve_config(params.task)

@@ -143,6 +143,11 @@ def resolve_config(task_config) -> LabelMap:
     raise ConfigError('task.losses.class_weights is Model Garden\'s unnormalized weight list; '
                       'use task.class_balance.weighting {scheme: explicit, weights: [...]} '
                       'instead (with normalization: mean for the same loss).')
+  if (task_config.losses.frcnn_class_use_binary_cross_entropy
+      or task_config.losses.frcnn_class_loss_top_k_percent < 1.0):
+    raise ConfigError('task.losses.frcnn_class_use_binary_cross_entropy and '
+                      'frcnn_class_loss_top_k_percent are not used by the weighted classification '
+                      'loss; set task.class_balance.loss_type (softmax or sigmoid_focal) instead.')
   _resolve_class_weights(task_config, label_map)
   _resolve_sampling(task_config, label_map)
   return label_map

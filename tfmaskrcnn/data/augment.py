@@ -409,17 +409,12 @@ def random_affine(sample: dict, seed: tf.Tensor, p: AugmentationParams) -> dict:
     shape = tf.shape(sample["image"])
     hf, wf = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
 
-    def maybe(op, prob, draw):
-        # Ops switched off cost no random draws: at small image sizes these scalar ops
-        # are a visible share of the time.
-        if prob <= 0.0:
-            return tf.constant(0.0)
-        return tf.where(_happens(seed, op, prob), draw(), 0.0)
-
+    # Switched-off ops cost no graph ops: at small image sizes the scalar ops around a
+    # warp are a visible share of the time.
     scale, crop_ty, crop_tx = tf.constant(1.0), tf.constant(0.0), tf.constant(0.0)
     if p.scale_prob > 0 and not p.scale_min == p.scale_max == 1.0:
-        scale = tf.exp(maybe(_OP_SCALE, p.scale_prob,
-                             lambda: _uniform(seed, _OP_SCALE, 1, math.log(p.scale_min), math.log(p.scale_max))))
+        log_scale = _uniform(seed, _OP_SCALE, 1, math.log(p.scale_min), math.log(p.scale_max))
+        scale = tf.exp(tf.where(_happens(seed, _OP_SCALE, p.scale_prob), log_scale, 0.0))
         # Crop window (zoom in) or paste position (zoom out) drawn so no image content is
         # pushed out needlessly and no border is pulled in when zooming in.
         slack = tf.abs(scale - 1.0) / 2.0
