@@ -12,7 +12,7 @@ masks. The ops here move the image and every instance mask with the same transfo
   boxes of the instances it touched;
 * colour ops (brightness, contrast, saturation, hue, grayscale, blur, noise) change
   the image only; the first five are affine in the pixel value and are applied as one
-  3x3 colour matrix.
+  3x3 colour matrix. They live in `augment_colour` and are re-exported here.
 
 Speed matters because this runs on the input pipeline's CPU for every training image:
 the image is converted to float once, masks are warped bit-packed, and the box, pixel
@@ -29,7 +29,7 @@ tensors. The output has the same dtypes; H and W change only under rot90.
 
 Determinism: every op draws its randomness with stateless ops from the seed (one
 `stateless_uniform` vector with a fixed slot per op for the scalar draws, and
-`stateless_fold_in(seed, op_index)` for the rest), so the output is a pure
+`stateless_fold_in(seed, op_index)` for the rest; see `augment_draws`), so the output is a pure
 function of the inputs and the seed [2] (same seed -> same output, in eager mode, in a
 `tf.function` and inside `tf.data` map with any parallelism). Where the per-element
 seed comes from is decided by the caller (see `augment_presets.build_augmenter`).
@@ -41,8 +41,14 @@ import dataclasses
 import math
 from typing import Dict, Optional
 
-import numpy as np
 import tensorflow as tf
+
+from tfmaskrcnn.data.augment_colour import cast_like, clip_cast_like, random_colour_float
+# Re-exported: the colour ops are part of this module's public API.
+from tfmaskrcnn.data.augment_colour import colour_matrix, gaussian_blur, random_colour  # noqa: F401
+from tfmaskrcnn.data.augment_draws import (OP_CUTOUT, OP_HFLIP, OP_ROT90, OP_ROTATE, OP_SCALE, OP_SHEAR,
+                                           OP_TRANSLATE, OP_VFLIP, Draws, draw_many, happens, op_seed,
+                                           uniform)
 
 # Per-instance extra whose value is an area in pixels; rescaled by the ratio of mask
 # pixels after / before a warp so it keeps describing the instance.
@@ -50,13 +56,6 @@ AREA_KEY = "area"
 
 # Instances bit-packed into one float32-exact integer channel for the mask warp.
 _MASK_BITS = 24
-
-# Stable op indices for seed derivation: adding an op never changes the others' draws.
-_OP_HFLIP, _OP_VFLIP, _OP_ROT90 = 1, 2, 3
-_OP_SCALE, _OP_ROTATE, _OP_SHEAR, _OP_TRANSLATE = 4, 5, 6, 7
-_OP_CUTOUT = 8
-_OP_BRIGHTNESS, _OP_CONTRAST, _OP_SATURATION, _OP_HUE = 9, 10, 11, 12
-_OP_GRAYSCALE, _OP_BLUR, _OP_NOISE = 13, 14, 15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,55 +119,6 @@ class AugmentationParams:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-class _Draws:
-    """The per-example seed plus one batch of uniform draws, 4 per op index.
-
-    Every scalar draw an op needs (does it happen, its magnitude) is read from one
-    `stateless_uniform` vector instead of a fold-in chain of its own: at small image
-    sizes those few-element ops were a visible share of the augmentation time. Slots
-    are fixed per (op index, salt), so adding an op never changes the others' draws.
-    """
-
-    SALTS = 4
-    SLOTS = 16 * SALTS  # op indices 0..15
-
-    def __init__(self, seed: tf.Tensor):
-        self.seed = seed
-        self.table = tf.random.stateless_uniform([self.SLOTS], seed)
-
-
-def _op_seed(seed, op_index: int) -> tf.Tensor:
-    seed = seed.seed if isinstance(seed, _Draws) else seed
-    return tf.random.experimental.stateless_fold_in(seed, op_index)
-
-
-def _uniform(seed, op_index, salt, minval=0.0, maxval=1.0, shape=()):
-    if isinstance(seed, _Draws) and salt < _Draws.SALTS and shape == ():
-        return minval + (maxval - minval) * seed.table[op_index * _Draws.SALTS + salt]
-    sub = tf.random.experimental.stateless_fold_in(_op_seed(seed, op_index), salt)
-    return tf.random.stateless_uniform(shape, sub, minval=minval, maxval=maxval)
-
-
-def _draw_many(seed, ops, probs, lows, highs, identities, salts=None) -> tf.Tensor:
-    """For each op: a uniform draw in [low, high) if it happens (prob), else its identity value.
-
-    The same draws as `_happens` / `_uniform(..., salt=1, ...)` per op, computed as a
-    handful of vector ops (few-element ops cost as much as big ones at small sizes).
-    """
-    if not isinstance(seed, _Draws):
-        seed = _Draws(seed)
-    slots = np.array(ops) * _Draws.SALTS
-    happens = tf.gather(seed.table, slots) < np.array(probs, np.float32)
-    lows, highs = np.array(lows, np.float32), np.array(highs, np.float32)
-    salts = np.ones(len(ops), np.int64) if salts is None else np.array(salts)
-    values = lows + (highs - lows) * tf.gather(seed.table, slots + salts)
-    return tf.where(happens, values, np.array(identities, np.float32))
-
-
-def _happens(seed, op_index, prob: float) -> tf.Tensor:
-    return _uniform(seed, op_index, 0) < prob
 
 
 def _gather_instances(sample: dict, indices: tf.Tensor) -> dict:
@@ -374,7 +324,7 @@ def _warp_affine_counting(sample: dict, matrix: tf.Tensor, fill_value: float):
     inverse = tf.linalg.inv(matrix)
     out = dict(sample)
     warped = _warp(tf.cast(image, tf.float32)[None], inverse, "BILINEAR", fill_value)[0]
-    out["image"] = _cast_like(warped, image)
+    out["image"] = cast_like(warped, image)
     if sample["masks"] is not None:
         masks = sample["masks"]
         new_masks = warp_masks(masks, inverse)
@@ -413,16 +363,16 @@ def random_affine(sample: dict, seed: tf.Tensor, p: AugmentationParams) -> dict:
     # warp are a visible share of the time.
     scale, crop_ty, crop_tx = tf.constant(1.0), tf.constant(0.0), tf.constant(0.0)
     if p.scale_prob > 0 and not p.scale_min == p.scale_max == 1.0:
-        log_scale = _uniform(seed, _OP_SCALE, 1, math.log(p.scale_min), math.log(p.scale_max))
-        scale = tf.exp(tf.where(_happens(seed, _OP_SCALE, p.scale_prob), log_scale, 0.0))
+        log_scale = uniform(seed, OP_SCALE, 1, math.log(p.scale_min), math.log(p.scale_max))
+        scale = tf.exp(tf.where(happens(seed, OP_SCALE, p.scale_prob), log_scale, 0.0))
         # Crop window (zoom in) or paste position (zoom out) drawn so no image content is
         # pushed out needlessly and no border is pulled in when zooming in.
         slack = tf.abs(scale - 1.0) / 2.0
-        crop_ty = _uniform(seed, _OP_SCALE, 2, -1.0, 1.0) * slack * hf
-        crop_tx = _uniform(seed, _OP_SCALE, 3, -1.0, 1.0) * slack * wf
+        crop_ty = uniform(seed, OP_SCALE, 2, -1.0, 1.0) * slack * hf
+        crop_tx = uniform(seed, OP_SCALE, 3, -1.0, 1.0) * slack * wf
     r, sh, t = p.rotate_max_degrees, p.shear_max_degrees, p.translate_max_fraction
-    angle, shear_x, shear_y, move_y, move_x = tf.unstack(_draw_many(
-        seed, [_OP_ROTATE, _OP_SHEAR, _OP_SHEAR, _OP_TRANSLATE, _OP_TRANSLATE],
+    angle, shear_x, shear_y, move_y, move_x = tf.unstack(draw_many(
+        seed, [OP_ROTATE, OP_SHEAR, OP_SHEAR, OP_TRANSLATE, OP_TRANSLATE],
         [p.rotate_prob, p.shear_prob, p.shear_prob, p.translate_prob, p.translate_prob],
         [-r, -sh, -sh, -t, -t], [r, sh, sh, t, t], [0.0] * 5, salts=[1, 1, 2, 1, 2]))
     move_y, move_x = move_y * hf, move_x * wf
@@ -445,10 +395,10 @@ def random_cutout(sample: dict, seed: tf.Tensor, p: AugmentationParams) -> dict:
     xs = tf.range(wf)[None, :]
     keep = tf.ones(shape[:2], tf.bool)
     for i in range(int(p.cutout_count)):
-        side_h = _uniform(seed, _OP_CUTOUT, 10 * i + 1, 0.0, p.cutout_max_fraction) * hf
-        side_w = _uniform(seed, _OP_CUTOUT, 10 * i + 2, 0.0, p.cutout_max_fraction) * wf
-        top = _uniform(seed, _OP_CUTOUT, 10 * i + 3) * (hf - side_h)
-        left = _uniform(seed, _OP_CUTOUT, 10 * i + 4) * (wf - side_w)
+        side_h = uniform(seed, OP_CUTOUT, 10 * i + 1, 0.0, p.cutout_max_fraction) * hf
+        side_w = uniform(seed, OP_CUTOUT, 10 * i + 2, 0.0, p.cutout_max_fraction) * wf
+        top = uniform(seed, OP_CUTOUT, 10 * i + 3) * (hf - side_h)
+        left = uniform(seed, OP_CUTOUT, 10 * i + 4) * (wf - side_w)
         inside = (ys >= tf.round(top)) & (ys < tf.round(top + side_h)) & (xs >= tf.round(left)) & (xs < tf.round(left + side_w))
         keep = keep & ~inside
 
@@ -470,123 +420,8 @@ def random_cutout(sample: dict, seed: tf.Tensor, p: AugmentationParams) -> dict:
             out = drop_small_instances(out, p.min_instance_pixels, p.min_box_side, pixels)
         return out
 
-    return _cond_sample(_happens(seed, _OP_CUTOUT, p.cutout_prob), apply, sample)
+    return _cond_sample(happens(seed, OP_CUTOUT, p.cutout_prob), apply, sample)
 
-
-# ------------------------------------------------------------------------------ colour
-
-
-def _cast_like(values: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
-    """Float values back to `like`'s dtype: clipped to [0, 255] and rounded for integers.
-
-    Float values are only cast: a bilinear warp cannot leave the input's range, and the
-    colour ops clip themselves (`random_colour`) or leave it to `augment`'s final cast.
-    """
-    if like.dtype.is_integer:
-        return tf.cast(tf.round(tf.clip_by_value(values, 0.0, 255.0)), like.dtype)
-    return tf.cast(values, like.dtype)
-
-
-def _clip_cast_like(values: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
-    """Float values clipped to [0, 255] (whatever `like`'s dtype), then `_cast_like`."""
-    return _cast_like(values if like.dtype.is_integer else tf.clip_by_value(values, 0.0, 255.0), like)
-
-
-def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
-    """Separable Gaussian blur of a float [H, W, 3] image (any value range); edges mirrored."""
-    x = tf.range(-radius, radius + 1, dtype=tf.float32)
-    kernel = tf.exp(-0.5 * tf.square(x / tf.maximum(sigma, 1e-3)))
-    kernel = kernel / tf.reduce_sum(kernel)
-    padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="SYMMETRIC")
-    kv = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, 3, 1])
-    kh = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, 3, 1])
-    out = tf.nn.depthwise_conv2d(padded, kv, [1, 1, 1, 1], "VALID")
-    out = tf.nn.depthwise_conv2d(out, kh, [1, 1, 1, 1], "VALID")
-    return out[0]
-
-
-# RGB -> YIQ (NTSC); hue turns are rotations of the (I, Q) chroma plane.
-_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
-_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
-_LUMA = _RGB_TO_YIQ[0]
-_EYE = np.eye(3, dtype=np.float32)
-_GREY = np.ones([3, 1], np.float32) * _LUMA[None]  # every channel becomes the luma
-# Hue rotation by angle a in YIQ: YIQ_TO_RGB @ (fixed + cos a * cos_part + sin a * sin_part) @ RGB_TO_YIQ.
-_HUE_FIXED = (_YIQ_TO_RGB @ np.diag([1.0, 0.0, 0.0]).astype(np.float32) @ _RGB_TO_YIQ).astype(np.float32)
-_HUE_COS = (_YIQ_TO_RGB @ np.diag([0.0, 1.0, 1.0]).astype(np.float32) @ _RGB_TO_YIQ).astype(np.float32)
-_HUE_SIN = (_YIQ_TO_RGB @ np.array([[0, 0, 0], [0, 0, -1], [0, 1, 0]], np.float32) @ _RGB_TO_YIQ).astype(np.float32)
-
-
-def colour_matrix(image: tf.Tensor, brightness=0.0, contrast=1.0, saturation=1.0, hue_turns=0.0,
-                  grayscale=False):
-    """(matrix [3, 3], offset [3]) with which `pixel @ matrix + offset` applies, in order:
-
-    brightness (add `brightness`, in 0-255 units), contrast (scale about the per-channel
-    mean by `contrast`), saturation (blend with the luma grey by `saturation`, as
-    PIL / torchvision do), hue (rotate the YIQ chroma plane by `hue_turns` of a full turn)
-    and, if `grayscale`, replace every channel by the luma. All of these are affine in
-    the pixel value, so they compose into one 3x3 matrix and one pass over the image.
-    """
-    f = lambda v: tf.cast(v, tf.float32)  # noqa: E731
-    # Column-vector matrices (new = M @ old), transposed once at the end. Built from
-    # precomputed numpy bases so the graph has a few scalar ops, not dozens.
-    saturate = _GREY + f(saturation) * (_EYE - _GREY)
-    angle = f(hue_turns) * (2.0 * math.pi)
-    hue = _HUE_FIXED + tf.cos(angle) * _HUE_COS + tf.sin(angle) * _HUE_SIN
-    chroma = tf.where(tf.cast(grayscale, tf.bool), _GREY, _EYE) @ hue @ saturate
-    # brightness then contrast: c * (x + b) + (1 - c) * (mean + b) = c * x + b + (1 - c) * mean
-    mean = tf.reduce_mean(tf.reshape(tf.cast(image, tf.float32), [-1, 3]), axis=0)
-    offset = tf.linalg.matvec(chroma, f(brightness) + (1.0 - f(contrast)) * mean)
-    return tf.transpose(chroma) * f(contrast), offset
-
-
-def random_colour(image: tf.Tensor, seed: tf.Tensor, p: AugmentationParams) -> tf.Tensor:
-    """Photometric ops on the image only; returns the same dtype and range.
-
-    Brightness, contrast, saturation, hue and grayscale are drawn independently and
-    applied together as one affine colour map (`colour_matrix`); values are clipped to
-    [0, 255] once, after all of them, rather than after each.
-    """
-    x = _random_colour_float(tf.cast(image, tf.float32), _Draws(tf.cast(seed, tf.int64)), p)
-    return _clip_cast_like(x, image)
-
-
-def _random_colour_float(image: tf.Tensor, seed: tf.Tensor, p: AugmentationParams) -> tf.Tensor:
-    """`random_colour` on a float32 [H, W, 3] image in [0, 255], without the final clip."""
-    shape = tf.shape(image)
-    x = tf.reshape(image, [-1, 3])
-
-    brightness, contrast, saturation, hue = tf.unstack(_draw_many(
-        seed, [_OP_BRIGHTNESS, _OP_CONTRAST, _OP_SATURATION, _OP_HUE],
-        [p.brightness_prob, p.contrast_prob, p.saturation_prob, p.hue_prob],
-        [-p.brightness_max_delta, p.contrast_lower, p.saturation_lower, -p.hue_max_delta],
-        [p.brightness_max_delta, p.contrast_upper, p.saturation_upper, p.hue_max_delta],
-        [0.0, 1.0, 1.0, 0.0]))
-    grayscale = _happens(seed, _OP_GRAYSCALE, p.grayscale_prob) if p.grayscale_prob > 0 else False
-    if max(p.brightness_prob, p.contrast_prob, p.saturation_prob, p.hue_prob, p.grayscale_prob) > 0:
-        matrix, offset = colour_matrix(x, brightness * 255.0, contrast, saturation, hue, grayscale)
-        x = tf.matmul(x, matrix) + offset[None]
-    x = tf.reshape(x, shape)
-
-    def when(op, prob, fn, x):
-        return tf.cond(_happens(seed, op, prob), lambda: fn(x), lambda: x)
-
-    if p.blur_prob > 0 and p.blur_sigma_max > 0:
-        radius = max(1, int(math.ceil(3 * p.blur_sigma_max)))
-        sigma = _uniform(seed, _OP_BLUR, 1, 0.1, p.blur_sigma_max)
-        # Mirrored padding needs the image to be larger than the kernel radius.
-        big_enough = tf.reduce_all(tf.shape(x)[:2] > radius)
-        x = when(_OP_BLUR, p.blur_prob,
-                 lambda x: tf.cond(big_enough, lambda: gaussian_blur(x, sigma, radius), lambda: x), x)
-    if p.noise_prob > 0 and p.noise_std_max > 0:
-        std = _uniform(seed, _OP_NOISE, 1, 0.0, p.noise_std_max) * 255.0
-
-        def add_noise(x):
-            noise_seed = _op_seed(_op_seed(_op_seed(seed, _OP_NOISE), 7), 1)
-            return x + std * tf.random.stateless_normal(tf.shape(x), noise_seed)
-
-        x = when(_OP_NOISE, p.noise_prob, add_noise, x)
-    return x
 
 
 # ------------------------------------------------------------------------------- entry
@@ -612,18 +447,18 @@ def augment(image: tf.Tensor, boxes: tf.Tensor, masks: Optional[tf.Tensor], clas
 
     `seed` is an int [2] tensor; the result is a pure function of the inputs and it.
     """
-    seed = _Draws(tf.cast(tf.convert_to_tensor(seed), tf.int64))
+    seed = Draws(tf.cast(tf.convert_to_tensor(seed), tf.int64))
     sample = {"image": tf.convert_to_tensor(image), "boxes": tf.cast(boxes, tf.float32),
               "masks": None if masks is None else tf.convert_to_tensor(masks),
               "classes": tf.convert_to_tensor(classes),
               "extras": {k: tf.convert_to_tensor(v) for k, v in (extras or {}).items()}}
     if params.hflip_prob > 0:
-        sample = _cond_sample(_happens(seed, _OP_HFLIP, params.hflip_prob), lambda: flip_left_right(sample), sample)
+        sample = _cond_sample(happens(seed, OP_HFLIP, params.hflip_prob), lambda: flip_left_right(sample), sample)
     if params.vflip_prob > 0:
-        sample = _cond_sample(_happens(seed, _OP_VFLIP, params.vflip_prob), lambda: flip_up_down(sample), sample)
+        sample = _cond_sample(happens(seed, OP_VFLIP, params.vflip_prob), lambda: flip_up_down(sample), sample)
     if params.rot90_prob > 0:
-        k = tf.where(_happens(seed, _OP_ROT90, params.rot90_prob),
-                     tf.random.stateless_uniform([], _op_seed(_op_seed(seed, _OP_ROT90), 1), 1, 4, tf.int32), 0)
+        k = tf.where(happens(seed, OP_ROT90, params.rot90_prob),
+                     tf.random.stateless_uniform([], op_seed(op_seed(seed, OP_ROT90), 1), 1, 4, tf.int32), 0)
         sample = rotate90(sample, k)
     warps = max(params.scale_prob, params.rotate_prob, params.shear_prob, params.translate_prob) > 0
     cuts = params.cutout_prob > 0 and params.cutout_max_fraction > 0
@@ -639,7 +474,7 @@ def augment(image: tf.Tensor, boxes: tf.Tensor, masks: Optional[tf.Tensor], clas
     if cuts:
         sample = random_cutout(sample, seed, params)
     if colours:
-        sample["image"] = _random_colour_float(sample["image"], seed, params)
+        sample["image"] = random_colour_float(sample["image"], seed, params)
     if warps or cuts or colours:
-        sample["image"] = _clip_cast_like(sample["image"], original_image)
+        sample["image"] = clip_cast_like(sample["image"], original_image)
     return sample["image"], sample["boxes"], sample["masks"], sample["classes"], sample["extras"]

@@ -19,22 +19,23 @@ every record. Decisions a user may want to know about:
 
 `load_coco` checks the JSON (ids, categories, file names) without touching the
 images; `load_image_record` reads and checks one image and its annotations and is
-safe to run in worker threads.
+safe to run in worker threads. Image decoding lives in `images`, box and mask
+decoding of one annotation in `coco_geometry`.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import io
 import json
-import math
 import os
 import posixpath
 from typing import Any
 
 import numpy as np
 
+from tfmaskrcnn.data.coco_geometry import clip_coco_box, is_int, is_number, segmentation_to_mask
+from tfmaskrcnn.data.images import UnsupportedImageMode, decode_to_rgb, encode_rgb
 from tfmaskrcnn.data.label_map import LabelMap
 
 IMAGE_SKIPPED = "image_skipped"
@@ -73,16 +74,6 @@ REASONS: dict[str, tuple[str, str]] = {
     "polygon_part_dropped": (FIXED, "polygon part with fewer than 3 points dropped, other parts kept"),
     "image_size_missing": (FIXED, "JSON image without width/height; real size used"),
 }
-
-# Pillow mode -> conversion reason; modes not listed here (e.g. "F", "LAB") are unsupported.
-_MODE_REASONS = {
-    "RGB": None, "L": "grayscale_converted", "1": "grayscale_converted", "LA": "grayscale_converted",
-    "RGBA": "rgba_converted", "RGBX": "rgba_converted", "RGBa": "rgba_converted",
-    "CMYK": "cmyk_converted", "P": "palette_converted", "PA": "palette_converted",
-    "I;16": "16bit_converted", "I;16L": "16bit_converted", "I;16B": "16bit_converted",
-    "I;16N": "16bit_converted", "I": "16bit_converted",
-}
-_KEPT_FORMATS = {"JPEG": "jpeg", "PNG": "png"}
 
 
 class CocoFormatError(ValueError):
@@ -208,10 +199,10 @@ def parse_coco(data: Any, annotations_path: str = "<memory>") -> CocoDataset:
     for position, image in enumerate(data["images"]):
         image_id = image.get("id") if isinstance(image, dict) else None
         file_name = image.get("file_name") if isinstance(image, dict) else None
-        if not _is_int(image_id) or not isinstance(file_name, str) or not file_name:
-            issues.append(Issue("image_record_invalid", str(file_name or ""), image_id if _is_int(image_id) else None,
+        if not is_int(image_id) or not isinstance(file_name, str) or not file_name:
+            issues.append(Issue("image_record_invalid", str(file_name or ""), image_id if is_int(image_id) else None,
                                 None, f"images[{position}] needs an integer \"id\" and a \"file_name\""))
-            if _is_int(image_id) and image_id not in known_ids:
+            if is_int(image_id) and image_id not in known_ids:
                 known_ids.add(image_id)
                 file_names[image_id] = str(file_name or "")
             continue
@@ -230,7 +221,7 @@ def parse_coco(data: Any, annotations_path: str = "<memory>") -> CocoDataset:
             continue
         width, height = image.get("width"), image.get("height")
         # Some exporters write 640.0; an integral float is a size, anything else counts as missing.
-        sizes_ok = all(_is_number(v) and v > 0 and float(v).is_integer() for v in (width, height))
+        sizes_ok = all(is_number(v) and v > 0 and float(v).is_integer() for v in (width, height))
         images[image_id] = {"file_name": relative, "width": int(width) if sizes_ok else None,
                             "height": int(height) if sizes_ok else None, "annotations": []}
 
@@ -240,10 +231,10 @@ def parse_coco(data: Any, annotations_path: str = "<memory>") -> CocoDataset:
         record = annotation if isinstance(annotation, dict) else {}
         fields = [record.get(k) for k in ("id", "image_id", "category_id")]
         annotation_id, image_id, category_id = fields
-        file_name = file_names.get(image_id, "") if _is_int(image_id) else ""
-        if not all(_is_int(v) for v in fields):
-            issues.append(Issue("annotation_record_invalid", file_name, image_id if _is_int(image_id) else None,
-                                annotation_id if _is_int(annotation_id) else None,
+        file_name = file_names.get(image_id, "") if is_int(image_id) else ""
+        if not all(is_int(v) for v in fields):
+            issues.append(Issue("annotation_record_invalid", file_name, image_id if is_int(image_id) else None,
+                                annotation_id if is_int(annotation_id) else None,
                                 f"annotations[{position}] needs integer \"id\", \"image_id\" and \"category_id\""))
             continue
         if annotation_id in seen_annotation_ids:
@@ -335,52 +326,6 @@ def load_image_record(entry: ImageEntry, images_dir: str,
     return record, issues
 
 
-class UnsupportedImageMode(ValueError):
-    pass
-
-
-def decode_to_rgb(data: bytes) -> tuple[np.ndarray, str, list[str]]:
-    """Decodes image bytes to uint8 RGB [H, W, 3].
-
-    Returns the pixels, the format to store ("jpeg" or "png") and the conversion
-    reasons; no reasons means the original bytes can be stored unchanged.
-    """
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()  # decode now so that truncated files fail here
-        reasons = []
-        if image.format not in _KEPT_FORMATS:
-            reasons.append("format_converted")
-        if image.mode not in _MODE_REASONS:
-            raise UnsupportedImageMode(f"pixel mode {image.mode!r} has no defined conversion to 8-bit RGB; "
-                                       "convert the file to RGB JPEG or PNG")
-        mode_reason = _MODE_REASONS[image.mode]
-        if mode_reason:
-            reasons.append(mode_reason)
-        if mode_reason == "16bit_converted":
-            # Scale the 16-bit range to 8 bits; Pillow's own convert("L") would clip instead.
-            values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
-            gray = ((values * 255 + 32767) // 65535).astype(np.uint8)
-            pixels = np.repeat(gray[..., None], 3, axis=2)
-        else:
-            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        stored_format = "jpeg" if image.format == "JPEG" else "png"
-    return np.ascontiguousarray(pixels), stored_format, reasons
-
-
-def encode_rgb(pixels: np.ndarray, image_format: str) -> bytes:
-    """Encodes RGB pixels; converted JPEGs stay JPEG (quality 95), everything else becomes PNG."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    if image_format == "jpeg":
-        Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
-    else:
-        Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _make_instance(annotation: dict, height: int, width: int,
                    label_map: LabelMap) -> tuple[Instance | None, list[Issue]]:
     annotation_id = annotation["id"]
@@ -405,120 +350,8 @@ def _make_instance(annotation: dict, height: int, width: int,
         return None, issues + [issue("mask_empty", "the segmentation covers no pixel of the image")]
 
     area = annotation.get("area")
-    if not _is_number(area) or area <= 0:
+    if not is_number(area) or area <= 0:
         area = float(pixel_count)
     return Instance(annotation_id=annotation_id, class_id=label_map.to_contiguous(annotation["category_id"]),
                     box=box, mask=mask, area=float(area), is_crowd=bool(annotation.get("iscrowd", 0))), issues
 
-
-Box = tuple[float, float, float, float]
-
-
-def clip_coco_box(bbox: Any, height: int, width: int) -> tuple[Box | None, str | None, str]:
-    """COCO [x, y, w, h] -> clipped (xmin, ymin, xmax, ymax), with a reason if skipped or clipped."""
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
-        return None, "box_invalid", f"bbox {bbox!r} must be [x, y, width, height] with finite numbers"
-    x, y, w, h = (float(v) for v in bbox)
-    if w <= 0 or h <= 0:
-        return None, "box_degenerate", (f"bbox {list(bbox)} has width or height <= 0 (COCO boxes are "
-                                        "[x, y, width, height], not [x1, y1, x2, y2])")
-    box = (max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height)))
-    if box[2] - box[0] < 1.0 or box[3] - box[1] < 1.0:
-        return None, "box_degenerate", (f"bbox {list(bbox)} is under 1 px wide or high after clipping to the "
-                                        f"{width}x{height} image")
-    if box != (x, y, x + w, y + h):
-        return box, "box_out_of_bounds_clipped", f"bbox {list(bbox)} clipped to the {width}x{height} image"
-    return box, None, ""
-
-
-def segmentation_to_mask(segmentation: Any, height: int, width: int) -> tuple[np.ndarray | None, str | None, str]:
-    """Polygons (parts merged), uncompressed or compressed RLE -> uint8 0/1 mask [height, width].
-
-    Returns (mask, reason, message): mask None means skipped for `reason`; a mask with a
-    reason means it was kept after a fix.
-    """
-    from pycocotools import mask as mask_utils
-
-    if segmentation is None or (isinstance(segmentation, list) and not segmentation):
-        return None, "segmentation_missing", "no segmentation; Mask R-CNN needs a polygon or RLE mask per instance"
-    if isinstance(segmentation, list):
-        parts, dropped = [], 0
-        for part in segmentation:
-            if not isinstance(part, list) or not all(_is_number(v) for v in part):
-                return None, "segmentation_invalid", "a polygon part is not a flat list of finite numbers"
-            if len(part) < 6 or len(part) % 2:
-                dropped += 1
-            else:
-                parts.append([float(v) for v in part])
-        if not parts:
-            return None, "polygon_too_few_points", ("no polygon part has 3 or more (x, y) points "
-                                                    "(each part is a flat list [x1, y1, x2, y2, ...])")
-        rle = mask_utils.merge(mask_utils.frPyObjects(parts, height, width))
-        reason = "polygon_part_dropped" if dropped else None
-        message = f"{dropped} polygon part(s) with fewer than 3 points dropped" if dropped else ""
-    elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
-        size = segmentation["size"]
-        if not (isinstance(size, list) and len(size) == 2 and list(size) == [height, width]):
-            return None, "segmentation_invalid", f"RLE size {size!r} differs from the image size [{height}, {width}]"
-        counts = segmentation["counts"]
-        try:
-            if isinstance(counts, list):
-                if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != height * width:
-                    return None, "segmentation_invalid", ("uncompressed RLE counts must be non-negative integers "
-                                                          f"summing to height*width = {height * width}")
-                rle = mask_utils.frPyObjects(segmentation, height, width)
-            elif isinstance(counts, (str, bytes)):
-                counts = counts.encode() if isinstance(counts, str) else counts
-                # pycocotools decodes without bounds checks, so a damaged string must be caught here.
-                if compressed_rle_total(counts) != height * width:
-                    return None, "segmentation_invalid", ("compressed RLE counts do not cover height*width = "
-                                                          f"{height * width} pixels")
-                rle = {"size": [height, width], "counts": counts}
-            else:
-                return None, "segmentation_invalid", "RLE counts must be a list of integers or a string"
-            mask = mask_utils.decode(rle)
-        except (ValueError, TypeError, OverflowError) as error:
-            return None, "segmentation_invalid", f"RLE cannot be decoded: {error}"
-        return np.ascontiguousarray(mask, dtype=np.uint8), None, ""
-    else:
-        return None, "segmentation_invalid", "segmentation must be a list of polygons or an RLE {size, counts}"
-    return np.ascontiguousarray(mask_utils.decode(rle), dtype=np.uint8), reason, message
-
-
-def compressed_rle_total(counts: bytes) -> int:
-    """Sum of the run lengths of a COCO compressed RLE string, or -1 if it is malformed.
-
-    The string stores each run as 5-bit groups (offset by 48, bit 0x20 = more groups
-    follow, sign-extended on the last group); runs after the second are deltas from
-    the run two places earlier.
-    """
-    runs: list[int] = []
-    position = 0
-    while position < len(counts):
-        value, shift, more = 0, 0, True
-        while more:
-            if position >= len(counts):
-                return -1
-            chunk = counts[position] - 48
-            if not 0 <= chunk < 64:
-                return -1
-            value |= (chunk & 0x1F) << shift
-            more = bool(chunk & 0x20)
-            position += 1
-            shift += 5
-            if not more and chunk & 0x10:
-                value -= 1 << shift  # sign extension of the last group
-        if len(runs) > 2:
-            value += runs[-2]
-        if value < 0:
-            return -1
-        runs.append(value)
-    return sum(runs)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
