@@ -165,7 +165,7 @@ def per_class_ap_png(rows: Sequence[dict]) -> bytes:
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("AP (IoU .50:.95)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside, never over a bar
     ax.set_title("Per-class AP, worst first")
     return _figure_png(fig)
 
@@ -186,23 +186,31 @@ def _class_color(class_id: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_instances(image: np.ndarray, instances: Sequence[dict], names: dict[int, str], title: str) -> "Image":
-    """Boxes, masks (if RLE 'segmentation' is present) and class names on a copy of the image."""
+def _upscale(array: np.ndarray, factor: int) -> np.ndarray:
+    return array if factor == 1 else np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
+
+
+def draw_instances(image: np.ndarray, instances: Sequence[dict], names: dict[int, str], title: str,
+                   factor: int = 1) -> "Image":
+    """Boxes, masks (if RLE 'segmentation' is present) and class names on a copy of the image.
+
+    `factor` enlarges small images (by pixel repetition) first, so that labels stay readable.
+    """
     from PIL import Image, ImageDraw
     from pycocotools import mask as mask_utils
 
-    canvas = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
-    overlay = np.asarray(canvas, dtype=np.float32)
+    overlay = _upscale(np.asarray(Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB"),
+                                  dtype=np.float32), factor)
     for inst in instances:
         segmentation = inst.get("segmentation")
         if isinstance(segmentation, dict) and "counts" in segmentation:
-            mask = mask_utils.decode(segmentation).astype(bool)
+            mask = _upscale(mask_utils.decode(segmentation).astype(bool), factor)
             if mask.shape == overlay.shape[:2]:
                 overlay[mask] = 0.5 * overlay[mask] + 0.5 * np.array(_class_color(inst["category_id"]))
     canvas = Image.fromarray(overlay.astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     for inst in instances:
-        x, y, w, h = inst["bbox"]
+        x, y, w, h = (v * factor for v in inst["bbox"])
         color = _class_color(inst["category_id"])
         draw.rectangle([x, y, x + w, y + h], outline=color, width=2)
         label = names.get(int(inst["category_id"]), str(inst["category_id"]))
@@ -220,12 +228,16 @@ def _label(draw, xy: tuple[float, float], text: str, color: tuple[int, int, int]
     draw.text(xy, text, fill=(0, 0, 0))
 
 
+MIN_PANEL_SIDE = 320  # px: smaller images are enlarged so that class names stay readable
+
+
 def side_by_side_jpeg(image: np.ndarray, gt: Sequence[dict], detections: Sequence[dict],
                       names: dict[int, str], width: int = 800) -> bytes:
     from PIL import Image
 
-    left = draw_instances(image, gt, names, "ground truth")
-    right = draw_instances(image, detections, names, "predictions")
+    factor = max(1, int(np.ceil(MIN_PANEL_SIDE / max(1, min(np.shape(image)[:2])))))
+    left = draw_instances(image, gt, names, "ground truth", factor)
+    right = draw_instances(image, detections, names, "predictions", factor)
     both = Image.new("RGB", (left.width * 2 + 4, left.height), (255, 255, 255))
     both.paste(left, (0, 0))
     both.paste(right, (left.width + 4, 0))
