@@ -24,6 +24,8 @@ SETTINGS = {
     'sampling': {'task': {'train_data': {'sampling': {'type': 'repeat_factor'}}}},
     'both': {'task': {'class_balance': {'weighting': {'scheme': 'sqrt_inverse'}},
                       'train_data': {'sampling': {'type': 'repeat_factor'}}}},
+    'weights_inverse': {'task': {'class_balance': {'weighting': {'scheme': 'inverse',
+                                                                 'max_ratio': 10.0}}}},
     'augment_standard': {'task': {'train_data': {'parser': {'augmentation': {'preset': 'standard'}}}}},
 }
 RATIOS = (0.9, 0.07, 0.03)
