@@ -114,23 +114,30 @@ def test_geometric_op_keeps_everything_aligned(op):
         assert set(np.unique(out_masks)) <= {0.0, 1.0}
         if op in EXACT_OPS:
             assert n == len(classes)
-        # Box = tight box of the warped mask within 1 px; no empty or tiny instance survives.
-        h, w = out_image.shape[:2]
-        np.testing.assert_allclose(out_boxes * [h, w, h, w], tight_boxes(out_masks) * [h, w, h, w], atol=1.0)
-        assert (out_masks.sum(axis=(1, 2)) >= 4).all()
-        # Extras travel with their instance: tags are a subset, unique, in the same order.
-        tags = out_extras["tag"]
-        assert set(tags) <= set(extras["tag"]) and len(set(tags)) == n
-        np.testing.assert_array_equal(tags // 100, out_classes)
-        np.testing.assert_array_equal(out_extras["is_crowd"], tags % 2 == 0)
         assert out_extras["area"].shape == (n,)
-        # The image under each mask still shows that mask's class colour.
-        for mask, cls in zip(out_masks, out_classes):
-            inside = interior(mask)
-            if inside.sum() >= 3:
-                colour = np.median(out_image[inside].astype(float), axis=0)
-                np.testing.assert_allclose(colour, CLASS_COLOURS[cls], atol=40,
-                                           err_msg=f"op {op} seed {seed}: mask of class {cls} not on its pixels")
+        assert_instances_aligned(extras, out_image, out_boxes, out_masks, out_classes, out_extras,
+                                 where=f"op {op} seed {seed}")
+
+
+def assert_instances_aligned(extras, out_image, out_boxes, out_masks, out_classes, out_extras, where=""):
+    """What any mask-consistent augmenter must keep, checked on one augmented example."""
+    n = len(out_classes)
+    # Box = tight box of the warped mask within 1 px; no empty or tiny instance survives.
+    h, w = out_image.shape[:2]
+    np.testing.assert_allclose(out_boxes * [h, w, h, w], tight_boxes(out_masks) * [h, w, h, w], atol=1.0)
+    assert (out_masks.sum(axis=(1, 2)) >= 4).all()
+    # Extras travel with their instance: tags are a subset, unique, in the same order.
+    tags = out_extras["tag"]
+    assert set(tags) <= set(extras["tag"]) and len(set(tags)) == n
+    np.testing.assert_array_equal(tags // 100, out_classes)
+    np.testing.assert_array_equal(out_extras["is_crowd"], tags % 2 == 0)
+    # The image under each mask still shows that mask's class colour.
+    for mask, cls in zip(out_masks, out_classes):
+        inside = interior(mask)
+        if inside.sum() >= 3:
+            colour = np.median(out_image[inside].astype(float), axis=0)
+            np.testing.assert_allclose(colour, CLASS_COLOURS[cls], atol=40,
+                                       err_msg=f"{where}: mask of class {cls} not on its pixels")
 
 
 def test_affine_moves_mask_with_image_and_drops_instances_pushed_out():

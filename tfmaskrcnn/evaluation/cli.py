@@ -216,15 +216,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_detections(path: str) -> list[dict]:
-    import json
+    from tfmaskrcnn.evaluation.groundtruth import read_json
 
-    try:
-        with open(path) as f:
-            detections = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--detections {path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--detections {path}: not valid JSON ({e})") from None
+    detections = read_json(path, "--detections")
     if not isinstance(detections, list):
         raise ValueError(f"--detections {path}: expected a JSON list of COCO results "
                          "[{image_id, category_id, bbox, score, ...}], got a JSON object")

@@ -35,15 +35,20 @@ def coco_from_dataset(dataset: dict) -> COCO:
     return coco
 
 
-def load_coco_json(path: str) -> COCO:
-    """Loads a COCO instances JSON with a clear error for the usual mistakes."""
+def read_json(path: str, what: str) -> Any:
+    """Parsed JSON, or an error that names `what` the file is and the path."""
     try:
         with open(path) as f:
-            dataset = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: ground-truth file not found") from None
+        raise FileNotFoundError(f"{what} {path}: file not found") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise ValueError(f"{what} {path}: not valid JSON ({e})") from None
+
+
+def load_coco_json(path: str) -> COCO:
+    """Loads a COCO instances JSON with a clear error for the usual mistakes."""
+    dataset = read_json(path, "ground truth")
     for key in ("images", "annotations", "categories"):
         if key not in dataset:
             raise ValueError(f"{path}: no '{key}' list; expected a COCO instances file "
