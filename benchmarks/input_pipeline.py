@@ -4,13 +4,15 @@
 
 Runs the same TFRecords through decode -> Mask R-CNN train parsing -> batch, for:
 * `stock`:    Model Garden's `maskrcnn_input.Parser` (hflip + scale jitter 0.8-1.25);
+* `none`:     `AugmentingParser` without an augmenter: the stock parser with our
+              faster horizontal flip in front (the same flip, drawn the same way);
 * `standard`: `AugmentingParser` with the in-graph `standard` preset in front of it;
 * `imgaug`:   the same parser with `ImgaugAugmenter(standard_pipeline())`, an imgaug
               pipeline close to `standard` (only if imgaug imports; it needs numpy<2).
 The variants are timed in turns for `--rounds` rounds, so load from other processes
 falls on all of them alike; in each round a variant's pipeline is built, warmed up
 (`--warmup` batches: tracing, buffers) and timed alone. Reported: the median images/s
-over rounds and the median over rounds of each round's ratio to stock.
+over rounds and the median over rounds of each round's ratio to stock and to none.
 Prints a table and writes JSON.
 Make TFRecords with `tfmaskrcnn convert --annotations ... --images ... --output DIR`.
 """
@@ -26,14 +28,18 @@ import sys
 import time
 
 
-def build_parser(augmenter, output_size: int):
+def build_parser(augmenter, output_size: int, stock: bool = False):
+    from official.vision.dataloaders import maskrcnn_input
+
     from tfmaskrcnn.data.parser import AugmentingParser
 
     # Model Garden's COCO Mask R-CNN defaults (maskrcnn_resnetfpn_coco).
-    return AugmentingParser(
-        augmenter=augmenter, output_size=[output_size, output_size], min_level=2, max_level=6, num_scales=1,
-        aspect_ratios=[0.5, 1.0, 2.0], anchor_size=8.0, aug_rand_hflip=True, aug_scale_min=0.8,
-        aug_scale_max=1.25, include_mask=True, mask_crop_size=112, max_num_instances=100, dtype="float32")
+    args = dict(output_size=[output_size, output_size], min_level=2, max_level=6, num_scales=1,
+                aspect_ratios=[0.5, 1.0, 2.0], anchor_size=8.0, aug_rand_hflip=True, aug_scale_min=0.8,
+                aug_scale_max=1.25, include_mask=True, mask_crop_size=112, max_num_instances=100, dtype="float32")
+    if stock:
+        return maskrcnn_input.Parser(**args)
+    return AugmentingParser(augmenter=augmenter, **args)
 
 
 def make_iterator(files, parser, batch_size: int, threads):
@@ -66,7 +72,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", type=int, default=15, help="timed batches per variant and round")
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds, variants interleaved")
     parser.add_argument("--threads", type=int, default=None, help="map parallelism (default: AUTOTUNE)")
-    parser.add_argument("--variants", default="stock,standard,imgaug")
+    parser.add_argument("--variants", default="stock,none,standard,imgaug")
     parser.add_argument("--json-output", default=None, help="write the results here as JSON")
     args = parser.parse_args(argv)
 
@@ -80,13 +86,15 @@ def main(argv=None) -> int:
         return 2
     augmenters = {
         "stock": lambda: None,
-        "standard": lambda: augment_presets.build_augmenter(augment_presets.AugmentationConfig(preset="standard")),
+        "none": lambda: None,
+        "standard": lambda: augment_presets.build_augmenter(augment_presets.AugmentationConfig(preset="standard"),
+                                                          unit_float_image=True),  # as the task builds it
         "imgaug": lambda: imgaug_adapter.ImgaugAugmenter(imgaug_adapter.standard_pipeline()),
     }
     parsers = {}
     for name in args.variants.split(","):
         try:
-            parsers[name] = build_parser(augmenters[name](), args.output_size)
+            parsers[name] = build_parser(augmenters[name](), args.output_size, stock=name == "stock")
         except ImportError as err:
             print(f"skipping {name}: {err}", file=sys.stderr)
     rounds = {name: [] for name in parsers}
@@ -104,15 +112,22 @@ def main(argv=None) -> int:
     load = (load_before, os.getloadavg()[0])
     print(f"1-minute load average: {load[0]:.1f} before, {load[1]:.1f} after ({os.cpu_count()} CPUs)")
     results = {name: statistics.median(rates) for name, rates in rounds.items()}
-    # Ratio to stock within each round, then the median: load that changes between
-    # rounds moves both numbers of a round together and cancels in the ratio.
-    paired = {name: statistics.median(r / s for r, s in zip(rates, rounds["stock"]))
-              for name, rates in rounds.items()} if "stock" in rounds else {}
-    print(f"\n| variant | images/s (median) | median per-round ratio to stock |\n|---|---|---|")
+
+    def paired_ratios(reference):
+        # Ratio to the reference within each round, then the median: load that changes
+        # between rounds moves both numbers of a round together and cancels in the ratio.
+        if reference not in rounds:
+            return {}
+        return {name: statistics.median(r / s for r, s in zip(rates, rounds[reference]))
+                for name, rates in rounds.items()}
+
+    to_stock, to_none = paired_ratios("stock"), paired_ratios("none")
+    fmt = lambda ratios, name: f"{ratios[name]:.2f}x" if ratios else "-"  # noqa: E731
+    print("\n| variant | images/s (median) | median per-round ratio to stock | ... to none |\n|---|---|---|---|")
     for name, rate in results.items():
-        print(f"| {name} | {rate:.2f} | {paired[name]:.2f}x |" if paired else f"| {name} | {rate:.2f} | - |")
+        print(f"| {name} | {rate:.2f} | {fmt(to_stock, name)} | {fmt(to_none, name)} |")
     if args.json_output:
-        report = {"images_per_second": results, "ratio_to_stock": paired, "rounds": rounds, "files": files, "output_size": args.output_size,
+        report = {"images_per_second": results, "ratio_to_stock": to_stock, "ratio_to_none": to_none, "rounds": rounds, "files": files, "output_size": args.output_size,
                   "batch_size": args.batch_size, "warmup_batches": args.warmup, "timed_batches": args.batches, "num_rounds": args.rounds,
                   "threads": args.threads or "autotune", "cpus": os.cpu_count(), "load_average": load, "machine": platform.machine(),
                   "tensorflow": tf.__version__}

@@ -287,3 +287,47 @@ def test_colour_matrix_applies_each_colour_op_as_defined():
         assert np.abs(changed - pixels).mean() > 1.0
         np.testing.assert_allclose(changed @ np.array([0.299, 0.587, 0.114], np.float32), luma, atol=1e-2)
     np.testing.assert_allclose(apply(hue_turns=1.0), pixels, atol=1e-2)  # a full turn
+
+
+@pytest.mark.parametrize("dy,dx", [(0, 5), (-7, 3), (12, -20), (-50, 0), (3, 90)])
+def test_whole_pixel_move_by_copying_equals_the_warp(dy, dx):
+    """The translation fast path gives what the general affine warp gives."""
+    rng = np.random.default_rng(abs(dy) * 1000 + abs(dx))
+    image, boxes, masks, classes, extras = make_example(rng)
+    while len(classes) < 2:
+        image, boxes, masks, classes, extras = make_example(rng)
+    sample = {"image": tf.cast(image, tf.float32), "boxes": tf.constant(boxes), "masks": tf.constant(masks),
+              "classes": tf.constant(classes), "extras": {k: tf.constant(v) for k, v in extras.items()}}
+    h, w = image.shape[:2]
+    shifted, shifted_pixels = augment._shift_counting(sample, tf.constant(float(dy)), tf.constant(float(dx)), 115.0)
+    warped, warped_pixels = augment._warp_affine_counting(
+        sample, augment.affine_matrix(h, w, translate_y=dy, translate_x=dx), 115.0)
+    np.testing.assert_allclose(shifted["image"].numpy(), warped["image"].numpy(), atol=1e-3)
+    np.testing.assert_array_equal(shifted["masks"].numpy(), warped["masks"].numpy())
+    np.testing.assert_allclose(shifted["boxes"].numpy(), warped["boxes"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(shifted_pixels.numpy(), warped_pixels.numpy())
+    np.testing.assert_allclose(shifted["extras"]["area"].numpy(), warped["extras"]["area"].numpy())
+    no_masks = dict(sample, masks=None)
+    np.testing.assert_allclose(augment._shift_counting(no_masks, float(dy), float(dx), 115.0)[0]["boxes"].numpy(),
+                               augment.warp_affine(no_masks, augment.affine_matrix(h, w, translate_y=dy,
+                                                                                   translate_x=dx))["boxes"].numpy(),
+                               atol=1e-5)
+
+
+def test_unit_float_image_is_the_uint8_image_scaled_to_one():
+    """The form the training parser asks for: float32 in [0, 1], the same pixels unrounded."""
+    params = augment_presets.PRESETS["heavy"]
+    rng = np.random.default_rng(4)
+    for seed in range(5):
+        image, boxes, masks, classes, extras = make_example(rng)
+        as_uint8 = augment.augment(image, boxes, masks, classes, extras, [seed, 2], params)
+        as_float = augment.augment(image, boxes, masks, classes, extras, [seed, 2], params, unit_float_image=True)
+        assert as_float[0].dtype == tf.float32
+        values = as_float[0].numpy()
+        assert values.min() >= 0.0 and values.max() <= 1.0
+        np.testing.assert_allclose(values * 255.0, as_uint8[0].numpy(), atol=0.5 + 1e-3)
+        for a, b in zip(tf.nest.flatten(as_uint8[1:]), tf.nest.flatten(as_float[1:])):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    light = augment.AugmentationParams(hflip_prob=1.0)  # no float op: the uint8 image is converted
+    out = augment.augment(image, boxes, masks, classes, extras, [0, 0], light, unit_float_image=True)[0]
+    np.testing.assert_allclose(out.numpy() * 255.0, image[:, ::-1], atol=1e-3)

@@ -146,3 +146,31 @@ def test_show_augment_writes_a_grid(tmp_path, records, capsys):
     bad = parser.parse_args([str(tmp_path), "--output", str(output), "--set", "spin=3"])
     assert show_augment.main(bad) == 2
     assert "expected NAME=VALUE" in capsys.readouterr().err
+
+
+def test_our_horizontal_flip_is_model_gardens_flip(records):
+    """The parser's own flip gives what Model Garden's flip functions give, at probability 0.5."""
+    from official.vision.ops import preprocess_ops
+    from tfmaskrcnn.data.parser import random_flip_decoded
+
+    stock = maskrcnn_input.Parser(**PARSER_ARGS)  # no flip of its own
+    decoder = tf_example_decoder.TfExampleDecoder(include_mask=True, regenerate_source_id=False)
+    for record in records:
+        data = decoder.decode(tf.constant(record))
+        theirs = dict(data, image=preprocess_ops.horizontal_flip_image(data["image"]),
+                      groundtruth_boxes=preprocess_ops.horizontal_flip_boxes(data["groundtruth_boxes"]),
+                      groundtruth_instance_masks=preprocess_ops.horizontal_flip_masks(
+                          data["groundtruth_instance_masks"]))
+        ours = random_flip_decoded(data, prob=1.0)
+        for key in ("image", "groundtruth_boxes", "groundtruth_instance_masks"):
+            np.testing.assert_array_equal(ours[key].numpy(), theirs[key].numpy(), err_msg=key)
+        image, labels = stock._parse_train_data(ours)
+        stock_image, stock_labels = stock._parse_train_data(theirs)
+        np.testing.assert_array_equal(image.numpy(), stock_image.numpy())
+        np.testing.assert_array_equal(labels["gt_masks"].numpy(), stock_labels["gt_masks"].numpy())
+    # The parser flips about half of the examples, as Model Garden's does.
+    parser = AugmentingParser(aug_rand_hflip=True, **PARSER_ARGS)
+    data = decoder.decode(tf.constant(records[0]))
+    flipped = [not np.array_equal(parser._parse_train_data(data)[1]["gt_boxes"].numpy(),
+                                  stock._parse_train_data(data)[1]["gt_boxes"].numpy()) for _ in range(40)]
+    assert 8 <= sum(flipped) <= 32

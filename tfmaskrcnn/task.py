@@ -60,7 +60,10 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
     model, parser = self.task_config.model, params.parser
     augmenter = None
     if params.is_training:
-      augmenter = augment_presets.build_augmenter(parser.augmentation)
+      # A float image in [0, 1] goes into Model Garden's normalize_image as it is, saving
+      # a round trip through uint8; its own AutoAugment / RandAugment want uint8.
+      augmenter = augment_presets.build_augmenter(
+          parser.augmentation, unit_float_image=not (parser.aug_type and parser.aug_type.type))
     return parser_lib.AugmentingParser(
         augmenter=augmenter,
         output_size=model.input_size[:2],

@@ -8,15 +8,20 @@ masks. The ops here move the image and every instance mask with the same transfo
 * scale jitter + crop, rotation, shear and translation are composed into ONE affine
   matrix and applied with `ImageProjectiveTransformV3` (bilinear for the image, nearest
   for the masks), then every box is recomputed as the tight box of its warped mask;
+  translations are in whole pixels, and a translation alone is done by copying;
 * cutout blanks the image and the masks in the same rectangles and recomputes the
   boxes of the instances it touched;
 * colour ops (brightness, contrast, saturation, hue, grayscale, blur, noise) change
   the image only; the first five are affine in the pixel value and are applied as one
   3x3 colour matrix. They live in `augment_colour` and are re-exported here.
 
-Speed matters because this runs on the input pipeline's CPU for every training image:
-the image is converted to float once, masks are warped bit-packed, and the box, pixel
-count and area bookkeeping share one pass over the warped masks (docs/benchmarks.md).
+Speed matters because this runs on the input pipeline's CPU for every training image
+(docs/benchmarks.md): flips use the ReverseV2 kernel (not a negative-stride slice, which
+TF runs element by element); the image is warped as uint8 and converted to float once;
+a translation by itself (whole pixels) is a copy, not a resampling; masks are warped
+bit-packed; the box, pixel count and area bookkeeping share one pass over the warped
+masks; and the training parser takes the image as float in [0, 1] (`unit_float_image`)
+rather than rounded back to uint8.
 
 Instances that become empty or tiny are dropped together with their class, box and
 every per-instance extra (is_crowd, area, ...), so nothing comes apart. Crowd instances
@@ -187,20 +192,21 @@ def drop_small_instances(sample: dict, min_pixels: int, min_box_side: float,
 # -------------------------------------------------------------------------- geometric
 
 
-def _reverse_masks(masks: tf.Tensor, axis: int) -> tf.Tensor:
-    """Reverses masks [N, H, W] along `axis`, through a trailing unit axis.
+def _reverse(values: tf.Tensor, axis: int) -> tf.Tensor:
+    """`values` reversed along `axis`, with the ReverseV2 kernel.
 
-    TF's reverse of the innermost axis of a float tensor runs element by element; with
-    a unit channel axis appended it moves whole rows and is several times faster.
+    Not a `[::-1]` strided slice: TF runs a negative-stride slice element by element,
+    about 10x slower on images and 10x slower still on stacks of masks (Model Garden's
+    own mask flip is one; docs/benchmarks.md).
     """
-    return tf.reverse(masks[..., None], [axis])[..., 0]
+    return tf.reverse(values, [axis])
 
 
 def flip_left_right(sample: dict) -> dict:
     out = dict(sample)
-    out["image"] = sample["image"][:, ::-1, :]
-    if sample["masks"] is not None:
-        out["masks"] = _reverse_masks(sample["masks"], 2)
+    out["image"] = _reverse(sample["image"], 1)
+    if sample.get("masks") is not None:
+        out["masks"] = _reverse(sample["masks"], 2)
     ymin, xmin, ymax, xmax = tf.unstack(sample["boxes"], axis=1)
     out["boxes"] = tf.stack([ymin, 1.0 - xmax, ymax, 1.0 - xmin], axis=1)
     return out
@@ -208,9 +214,9 @@ def flip_left_right(sample: dict) -> dict:
 
 def flip_up_down(sample: dict) -> dict:
     out = dict(sample)
-    out["image"] = sample["image"][::-1, :, :]
-    if sample["masks"] is not None:
-        out["masks"] = _reverse_masks(sample["masks"], 1)
+    out["image"] = _reverse(sample["image"], 0)
+    if sample.get("masks") is not None:
+        out["masks"] = _reverse(sample["masks"], 1)
     ymin, xmin, ymax, xmax = tf.unstack(sample["boxes"], axis=1)
     out["boxes"] = tf.stack([1.0 - ymax, xmin, 1.0 - ymin, xmax], axis=1)
     return out
@@ -254,7 +260,11 @@ def affine_matrix(height, width, scale=1.0, angle_deg=0.0, shear_x_deg=0.0, shea
 
 
 def _warp(images: tf.Tensor, inverse: tf.Tensor, interpolation: str, fill_value: float) -> tf.Tensor:
-    """images [B, H, W, C] (float32, or int32 with NEAREST); inverse maps output to input pixels."""
+    """images [B, H, W, C] (float32, uint8, or int32 with NEAREST); inverse maps output to input pixels.
+
+    With uint8 the kernel truncates the interpolated value (a half grey level darker on
+    average) but runs about 25% faster than on float32.
+    """
     flat = tf.reshape(inverse, [9])
     transform = (flat[:8] / flat[8])[None, :]
     return tf.raw_ops.ImageProjectiveTransformV3(
@@ -287,10 +297,10 @@ def warp_masks(masks: tf.Tensor, inverse: tf.Tensor) -> tf.Tensor:
         planes = tf.transpose(tf.reshape(words, [groups, height, width]), [1, 2, 0])[None]
         warped = tf.transpose(tf.reshape(_warp(planes, inverse, "NEAREST", 0.0)[0], [height * width, groups]))
         bits = tf.range(per_word)
-        # [G, 1, HW] AND [1, B, 1] -> [G, B, HW]; bit b of a word is 0 or 2**b, scaled to 0/1.
+        # [G, 1, HW] AND [1, B, 1] -> [G, B, HW]; bit b of a word is 0 or 2**b. Testing it
+        # against 0 and casting the bool is one pass less than scaling 2**b down to 1.
         on = tf.bitwise.bitwise_and(warped[:, None, :], tf.bitwise.left_shift(1, bits)[None, :, None])
-        on = tf.cast(on, tf.float32) * tf.pow(0.5, tf.cast(bits, tf.float32))[None, :, None]
-        return tf.reshape(on, [groups * per_word, height * width])[:n]
+        return tf.reshape(tf.cast(on > 0, tf.float32), [groups * per_word, height * width])[:n]
 
     unpacked = tf.cond(n > 0, warp_and_unpack, lambda: tf.zeros([0, height * width], tf.float32))
     return tf.cast(tf.reshape(unpacked, [n, height, width]), masks.dtype)
@@ -323,8 +333,10 @@ def _warp_affine_counting(sample: dict, matrix: tf.Tensor, fill_value: float):
     shape = tf.shape(image)
     inverse = tf.linalg.inv(matrix)
     out = dict(sample)
-    warped = _warp(tf.cast(image, tf.float32)[None], inverse, "BILINEAR", fill_value)[0]
-    out["image"] = cast_like(warped, image)
+    if image.dtype == tf.uint8:
+        out["image"] = _warp(image[None], inverse, "BILINEAR", fill_value)[0]
+    else:
+        out["image"] = cast_like(_warp(tf.cast(image, tf.float32)[None], inverse, "BILINEAR", fill_value)[0], image)
     if sample["masks"] is not None:
         masks = sample["masks"]
         new_masks = warp_masks(masks, inverse)
@@ -338,6 +350,44 @@ def _warp_affine_counting(sample: dict, matrix: tf.Tensor, fill_value: float):
             extras = dict(sample["extras"])
             extras[AREA_KEY] = sample["extras"][AREA_KEY] * tf.cast(det, sample["extras"][AREA_KEY].dtype)
             out["extras"] = extras
+    return out, pixels
+
+
+def shift_spatial(values: tf.Tensor, dy: tf.Tensor, dx: tf.Tensor, axis: int, fill_value) -> tf.Tensor:
+    """Moves `values` by whole pixels (dy down, dx right) along axes (axis, axis + 1).
+
+    What a warp by a pure whole-pixel translation gives, by copying instead of
+    resampling: the part that stays inside is sliced out and padded with `fill_value`.
+    """
+    shape = tf.shape(values)
+    height, width = shape[axis], shape[axis + 1]
+    dy = tf.clip_by_value(tf.cast(dy, tf.int32), -height, height)
+    dx = tf.clip_by_value(tf.cast(dx, tf.int32), -width, width)
+    rank = len(values.shape)
+    begin = tf.tensor_scatter_nd_update(tf.zeros([rank], tf.int32), [[axis], [axis + 1]],
+                                        tf.stack([tf.maximum(-dy, 0), tf.maximum(-dx, 0)]))
+    size = tf.tensor_scatter_nd_update(shape, [[axis], [axis + 1]],
+                                       tf.stack([height - tf.abs(dy), width - tf.abs(dx)]))
+    paddings = tf.tensor_scatter_nd_update(
+        tf.zeros([rank, 2], tf.int32), [[axis], [axis + 1]],
+        tf.stack([tf.stack([tf.maximum(dy, 0), tf.maximum(-dy, 0)]),
+                  tf.stack([tf.maximum(dx, 0), tf.maximum(-dx, 0)])]))
+    return tf.pad(tf.slice(values, begin, size), paddings, constant_values=tf.cast(fill_value, values.dtype))
+
+
+def _shift_counting(sample: dict, dy: tf.Tensor, dx: tf.Tensor, fill_value: float):
+    """`_warp_affine_counting` for a whole-pixel translation (dy down, dx right), by copying."""
+    image = sample["image"]
+    shape = tf.shape(image)
+    out = dict(sample)
+    out["image"] = shift_spatial(image, dy, dx, 0, fill_value)
+    if sample["masks"] is None:
+        matrix = affine_matrix(shape[0], shape[1], translate_y=dy, translate_x=dx)
+        out["boxes"] = _transform_box_corners(sample["boxes"], matrix, shape[0], shape[1])
+        return out, None
+    out["masks"] = shift_spatial(sample["masks"], dy, dx, 1, 0.0)
+    out["boxes"], pixels = mask_statistics(out["masks"])
+    out["extras"] = _rescale_area(sample["extras"], sample["masks"], pixels)
     return out, pixels
 
 
@@ -375,14 +425,22 @@ def random_affine(sample: dict, seed: tf.Tensor, p: AugmentationParams) -> dict:
         seed, [OP_ROTATE, OP_SHEAR, OP_SHEAR, OP_TRANSLATE, OP_TRANSLATE],
         [p.rotate_prob, p.shear_prob, p.shear_prob, p.translate_prob, p.translate_prob],
         [-r, -sh, -sh, -t, -t], [r, sh, sh, t, t], [0.0] * 5, salts=[1, 1, 2, 1, 2]))
-    move_y, move_x = move_y * hf, move_x * wf
+    # Whole pixels: a sub-pixel move adds no variety, and a whole-pixel move alone is
+    # done by copying (`shift`) instead of resampling, several times faster.
+    move_y, move_x = tf.round(move_y * hf), tf.round(move_x * wf)
     matrix = affine_matrix(shape[0], shape[1], scale, angle, shear_x, shear_y,
                            crop_ty + move_y, crop_tx + move_x)
     changed = tf.reduce_any(tf.not_equal(matrix, tf.eye(3)))
+    only_moved = tf.reduce_all(tf.equal(tf.stack([scale, angle, shear_x, shear_y]), [1.0, 0.0, 0.0, 0.0]))
+
+    def drop_small(warped_and_pixels):
+        warped, pixels = warped_and_pixels
+        return drop_small_instances(warped, p.min_instance_pixels, p.min_box_side, pixels)
 
     def apply():
-        warped, pixels = _warp_affine_counting(sample, matrix, p.fill_value)
-        return drop_small_instances(warped, p.min_instance_pixels, p.min_box_side, pixels)
+        return _cond_sample(
+            only_moved, lambda: drop_small(_shift_counting(sample, move_y, move_x, p.fill_value)), sample,
+            false_fn=lambda: drop_small(_warp_affine_counting(sample, matrix, p.fill_value)))
 
     return _cond_sample(changed, apply, sample)
 
@@ -427,6 +485,15 @@ def random_cutout(sample: dict, seed: tf.Tensor, p: AugmentationParams) -> dict:
 # ------------------------------------------------------------------------------- entry
 
 
+def to_unit_float(image: tf.Tensor, floating: bool) -> tf.Tensor:
+    """An image in [0, 255] as float32 in [0, 1]; `floating`: it is already float32 from the ops."""
+    if floating:
+        return tf.clip_by_value(image, 0.0, 255.0) * (1.0 / 255.0)
+    if image.dtype.is_integer:
+        return tf.image.convert_image_dtype(image, tf.float32)
+    return tf.cast(image, tf.float32) * (1.0 / 255.0)
+
+
 def _cond_sample(pred, true_fn, sample, false_fn=None):
     """tf.cond over sample dicts whose masks may be None (None is not a tensor).
 
@@ -442,10 +509,14 @@ def _cond_sample(pred, true_fn, sample, false_fn=None):
 
 
 def augment(image: tf.Tensor, boxes: tf.Tensor, masks: Optional[tf.Tensor], classes: tf.Tensor,
-            extras: Optional[Dict[str, tf.Tensor]], seed: tf.Tensor, params: AugmentationParams):
+            extras: Optional[Dict[str, tf.Tensor]], seed: tf.Tensor, params: AugmentationParams,
+            unit_float_image: bool = False):
     """Augments one example; returns (image, boxes, masks, classes, extras).
 
     `seed` is an int [2] tensor; the result is a pure function of the inputs and it.
+    With `unit_float_image` the image comes back as float32 in [0, 1] instead of the
+    input's dtype: the form Model Garden's `normalize_image` takes as it is, so an image
+    the ops made float is not rounded back to uint8 only to be converted again there.
     """
     seed = Draws(tf.cast(tf.convert_to_tensor(seed), tf.int64))
     sample = {"image": tf.convert_to_tensor(image), "boxes": tf.cast(boxes, tf.float32),
@@ -464,17 +535,20 @@ def augment(image: tf.Tensor, boxes: tf.Tensor, masks: Optional[tf.Tensor], clas
     cuts = params.cutout_prob > 0 and params.cutout_max_fraction > 0
     colours = max(params.brightness_prob, params.contrast_prob, params.saturation_prob, params.hue_prob,
                   params.grayscale_prob, params.blur_prob, params.noise_prob) > 0
-    # The warp, cutout and colour ops all compute in float: convert once here and once
-    # at the end instead of around every op (each conversion is a pass over the image).
+    # The warp runs on the image as it comes (uint8 warps faster than float); cutout
+    # and the colour ops compute in float: convert once here and once at the end
+    # instead of around every op (each conversion is a pass over the image).
     original_image = sample["image"]
-    if warps or cuts or colours:
-        sample["image"] = tf.cast(original_image, tf.float32)
     if warps:
         sample = random_affine(sample, seed, params)
+    if warps or cuts or colours:
+        sample["image"] = tf.cast(sample["image"], tf.float32)
     if cuts:
         sample = random_cutout(sample, seed, params)
     if colours:
         sample["image"] = random_colour_float(sample["image"], seed, params)
-    if warps or cuts or colours:
+    if unit_float_image:
+        sample["image"] = to_unit_float(sample["image"], floating=warps or cuts or colours)
+    elif warps or cuts or colours:
         sample["image"] = clip_cast_like(sample["image"], original_image)
     return sample["image"], sample["boxes"], sample["masks"], sample["classes"], sample["extras"]

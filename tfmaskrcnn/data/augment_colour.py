@@ -85,7 +85,10 @@ def colour_matrix(image: tf.Tensor, brightness=0.0, contrast=1.0, saturation=1.0
     hue = _HUE_FIXED + tf.cos(angle) * _HUE_COS + tf.sin(angle) * _HUE_SIN
     chroma = tf.where(tf.cast(grayscale, tf.bool), _GREY, _EYE) @ hue @ saturate
     # brightness then contrast: c * (x + b) + (1 - c) * (mean + b) = c * x + b + (1 - c) * mean
-    mean = tf.reduce_mean(tf.reshape(tf.cast(image, tf.float32), [-1, 3]), axis=0)
+    # The mean is a pass over the image; it is needed only when the contrast changes.
+    mean = tf.cond(tf.not_equal(f(contrast), 1.0),
+                   lambda: tf.reduce_mean(tf.reshape(tf.cast(image, tf.float32), [-1, 3]), axis=0),
+                   lambda: tf.zeros([3]))
     offset = tf.linalg.matvec(chroma, f(brightness) + (1.0 - f(contrast)) * mean)
     return tf.transpose(chroma) * f(contrast), offset
 

@@ -136,11 +136,12 @@ def resolve_params(config: AugmentationConfig) -> augment.AugmentationParams:
 Augmenter = Callable[..., tuple]
 
 
-def build_augmenter(config: Optional[AugmentationConfig]) -> Optional[Augmenter]:
+def build_augmenter(config: Optional[AugmentationConfig], unit_float_image: bool = False) -> Optional[Augmenter]:
     """Returns `augmenter(image, boxes, masks, classes, extras, seed=None)`, or None for no-ops.
 
     None (rather than an identity function) lets the parser skip the step entirely, so
-    preset `none` is bit-for-bit the stock Model Garden pipeline.
+    preset `none` is bit-for-bit the stock Model Garden pipeline. `unit_float_image`:
+    see `augment.augment` (the training parser asks for it).
     """
     if config is None:
         return None
@@ -149,10 +150,11 @@ def build_augmenter(config: Optional[AugmentationConfig]) -> Optional[Augmenter]
     params = resolve_params(config)
     if params.is_identity:
         return None
-    return make_augmenter(params, config.seed)
+    return make_augmenter(params, config.seed, unit_float_image)
 
 
-def make_augmenter(params: augment.AugmentationParams, base_seed: Optional[int] = None) -> Augmenter:
+def make_augmenter(params: augment.AugmentationParams, base_seed: Optional[int] = None,
+                   unit_float_image: bool = False) -> Augmenter:
     """Wraps `augment.augment` with a per-element seed drawn as described in the module doc."""
 
     def augmenter(image, boxes, masks, classes, extras=None, seed=None):
@@ -160,7 +162,7 @@ def make_augmenter(params: augment.AugmentationParams, base_seed: Optional[int] 
             import tensorflow as tf
 
             seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32, seed=base_seed)
-        return augment.augment(image, boxes, masks, classes, extras, seed, params)
+        return augment.augment(image, boxes, masks, classes, extras, seed, params, unit_float_image)
 
     augmenter.params = params  # for display and logs
     return augmenter
