@@ -41,13 +41,12 @@ PRESETS: Dict[str, augment.AugmentationParams] = {
         contrast_prob=0.5, contrast_lower=0.85, contrast_upper=1.15,
     ),
     # The recommended default against a one-class collapse from too little variety.
-    # It adds what Model Garden's parser cannot do and leaves to it what it does well:
-    # horizontal flips and scale jitter + crop (`parser.aug_rand_hflip`,
-    # `aug_scale_min/max`, on in every tfmaskrcnn experiment) run there, on the resized
-    # image, so `standard` does not do them again at full resolution (a second random
-    # flip adds no variety; a second scale jitter would double the warp work). About half
-    # of the images get one affine warp (rotation, shear, translation composed), so the
-    # input pipeline keeps up with the stock one; see docs/benchmarks.md.
+    # It adds what the parser does not: the horizontal flip (`parser.aug_rand_hflip`)
+    # and scale jitter + crop (`aug_scale_min/max`, on the resized image) are on in every
+    # tfmaskrcnn experiment, so `standard` does not do them again at full resolution (a
+    # second random flip adds no variety; a second scale jitter would double the warp
+    # work). About half of the images get one affine warp (rotation, shear, translation
+    # composed), so the input pipeline keeps up with the stock one; docs/benchmarks.md.
     "standard": augment.AugmentationParams(
         rotate_prob=0.3, rotate_max_degrees=10.0,
         shear_prob=0.15, shear_max_degrees=5.0,
@@ -140,8 +139,9 @@ def build_augmenter(config: Optional[AugmentationConfig], unit_float_image: bool
     """Returns `augmenter(image, boxes, masks, classes, extras, seed=None)`, or None for no-ops.
 
     None (rather than an identity function) lets the parser skip the step entirely, so
-    preset `none` is bit-for-bit the stock Model Garden pipeline. `unit_float_image`:
-    see `augment.augment` (the training parser asks for it).
+    preset `none` is the stock Model Garden pipeline (with its horizontal flip done by
+    `AugmentingParser`, the same flip, faster). `unit_float_image`: see
+    `augment.augment` (the training parser asks for it).
     """
     if config is None:
         return None
