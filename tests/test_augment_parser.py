@@ -174,3 +174,16 @@ def test_our_horizontal_flip_is_model_gardens_flip(records):
     flipped = [not np.array_equal(parser._parse_train_data(data)[1]["gt_boxes"].numpy(),
                                   stock._parse_train_data(data)[1]["gt_boxes"].numpy()) for _ in range(40)]
     assert 8 <= sum(flipped) <= 32
+
+
+def test_float_image_from_the_augmenter_reaches_the_model_like_the_stock_uint8_one(records):
+    """An augmenter that returns the image as float in [0, 1] (what training asks for) must
+    leave Model Garden's normalized image as it would be from the uint8 original."""
+    stock = parse_all(maskrcnn_input.Parser(**PARSER_ARGS), records)
+    # A colour op that changes nothing still takes the float path end to end.
+    no_change = augment.AugmentationParams(brightness_prob=1.0, brightness_max_delta=0.0)
+    augmenter = augment_presets.make_augmenter(no_change, unit_float_image=True)
+    ours = parse_all(AugmentingParser(augmenter=augmenter, **PARSER_ARGS), records)
+    for (stock_image, stock_labels), (image, labels) in zip(stock, ours):
+        np.testing.assert_allclose(image, stock_image, atol=1e-5)
+        np.testing.assert_array_equal(labels["gt_masks"], stock_labels["gt_masks"])

@@ -196,8 +196,8 @@ def _reverse(values: tf.Tensor, axis: int) -> tf.Tensor:
     """`values` reversed along `axis`, with the ReverseV2 kernel.
 
     Not a `[::-1]` strided slice: TF runs a negative-stride slice element by element,
-    about 10x slower on images and 10x slower still on stacks of masks (Model Garden's
-    own mask flip is one; docs/benchmarks.md).
+    about 15x slower on an image and on a stack of masks alike (Model Garden's own
+    mask flip is one; docs/benchmarks.md).
     """
     return tf.reverse(values, [axis])
 
