@@ -27,6 +27,7 @@ SETTINGS = {
     'weights_inverse': {'task': {'class_balance': {'weighting': {'scheme': 'inverse',
                                                                  'max_ratio': 10.0}}}},
     'augment_standard': {'task': {'train_data': {'parser': {'augmentation': {'preset': 'standard'}}}}},
+    'augment_light': {'task': {'train_data': {'parser': {'augmentation': {'preset': 'light'}}}}},
 }
 RATIOS = (0.9, 0.07, 0.03)
 
