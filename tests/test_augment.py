@@ -299,19 +299,18 @@ def test_whole_pixel_move_by_copying_equals_the_warp(dy, dx):
     sample = {"image": tf.cast(image, tf.float32), "boxes": tf.constant(boxes), "masks": tf.constant(masks),
               "classes": tf.constant(classes), "extras": {k: tf.constant(v) for k, v in extras.items()}}
     h, w = image.shape[:2]
-    shifted, shifted_pixels = augment._shift_counting(sample, tf.constant(float(dy)), tf.constant(float(dx)), 115.0)
-    warped, warped_pixels = augment._warp_affine_counting(
-        sample, augment.affine_matrix(h, w, translate_y=dy, translate_x=dx), 115.0)
+    matrix = augment.affine_matrix(h, w, translate_y=dy, translate_x=dx)
+    shifted, shifted_pixels = augment._shift_counting(sample, matrix, tf.constant(float(dy)),
+                                                      tf.constant(float(dx)), 115.0)
+    warped, warped_pixels = augment._warp_affine_counting(sample, matrix, 115.0)
     np.testing.assert_allclose(shifted["image"].numpy(), warped["image"].numpy(), atol=1e-3)
     np.testing.assert_array_equal(shifted["masks"].numpy(), warped["masks"].numpy())
     np.testing.assert_allclose(shifted["boxes"].numpy(), warped["boxes"].numpy(), atol=1e-6)
     np.testing.assert_allclose(shifted_pixels.numpy(), warped_pixels.numpy())
     np.testing.assert_allclose(shifted["extras"]["area"].numpy(), warped["extras"]["area"].numpy())
     no_masks = dict(sample, masks=None)
-    np.testing.assert_allclose(augment._shift_counting(no_masks, float(dy), float(dx), 115.0)[0]["boxes"].numpy(),
-                               augment.warp_affine(no_masks, augment.affine_matrix(h, w, translate_y=dy,
-                                                                                   translate_x=dx))["boxes"].numpy(),
-                               atol=1e-5)
+    np.testing.assert_allclose(augment._shift_counting(no_masks, matrix, float(dy), float(dx), 115.0)[0]["boxes"].numpy(),
+                               augment.warp_affine(no_masks, matrix)["boxes"].numpy(), atol=1e-5)
 
 
 def test_unit_float_image_is_the_uint8_image_scaled_to_one():

@@ -328,28 +328,40 @@ def warp_affine(sample: dict, matrix: tf.Tensor, fill_value: float = 0.0) -> dic
 
 def _warp_affine_counting(sample: dict, matrix: tf.Tensor, fill_value: float):
     """`warp_affine`, plus the warped masks' pixel counts [N] (None without masks)."""
-    pixels = None
+    inverse = tf.linalg.inv(matrix)
+
+    def warp_image(image):
+        if image.dtype == tf.uint8:  # warps faster than float32 (see `_warp`)
+            return _warp(image[None], inverse, "BILINEAR", fill_value)[0]
+        return cast_like(_warp(tf.cast(image, tf.float32)[None], inverse, "BILINEAR", fill_value)[0], image)
+
+    return _move_counting(sample, matrix, warp_image, lambda masks: warp_masks(masks, inverse))
+
+
+def _move_counting(sample: dict, matrix: tf.Tensor, move_image, move_masks):
+    """Moves the image and masks with `move_image` / `move_masks`, which both realize the
+    forward affine `matrix`, and keeps the boxes and the area extra with them.
+
+    Boxes become the tight boxes of the moved masks; without masks, the envelope of the
+    moved box corners (and the area scales by the matrix's determinant). Returns the new
+    sample and the moved masks' pixel counts [N] (None without masks).
+    """
     image = sample["image"]
     shape = tf.shape(image)
-    inverse = tf.linalg.inv(matrix)
     out = dict(sample)
-    if image.dtype == tf.uint8:
-        out["image"] = _warp(image[None], inverse, "BILINEAR", fill_value)[0]
-    else:
-        out["image"] = cast_like(_warp(tf.cast(image, tf.float32)[None], inverse, "BILINEAR", fill_value)[0], image)
-    if sample["masks"] is not None:
-        masks = sample["masks"]
-        new_masks = warp_masks(masks, inverse)
-        out["masks"] = new_masks
-        out["boxes"], pixels = mask_statistics(new_masks)
-        out["extras"] = _rescale_area(sample["extras"], masks, pixels)
-    else:
+    out["image"] = move_image(image)
+    if sample["masks"] is None:
         out["boxes"] = _transform_box_corners(sample["boxes"], matrix, shape[0], shape[1])
         if AREA_KEY in sample["extras"]:
             det = tf.abs(tf.linalg.det(matrix[:2, :2]))
             extras = dict(sample["extras"])
             extras[AREA_KEY] = sample["extras"][AREA_KEY] * tf.cast(det, sample["extras"][AREA_KEY].dtype)
             out["extras"] = extras
+        return out, None
+    masks = sample["masks"]
+    out["masks"] = move_masks(masks)
+    out["boxes"], pixels = mask_statistics(out["masks"])
+    out["extras"] = _rescale_area(sample["extras"], masks, pixels)
     return out, pixels
 
 
@@ -375,20 +387,11 @@ def shift_spatial(values: tf.Tensor, dy: tf.Tensor, dx: tf.Tensor, axis: int, fi
     return tf.pad(tf.slice(values, begin, size), paddings, constant_values=tf.cast(fill_value, values.dtype))
 
 
-def _shift_counting(sample: dict, dy: tf.Tensor, dx: tf.Tensor, fill_value: float):
-    """`_warp_affine_counting` for a whole-pixel translation (dy down, dx right), by copying."""
-    image = sample["image"]
-    shape = tf.shape(image)
-    out = dict(sample)
-    out["image"] = shift_spatial(image, dy, dx, 0, fill_value)
-    if sample["masks"] is None:
-        matrix = affine_matrix(shape[0], shape[1], translate_y=dy, translate_x=dx)
-        out["boxes"] = _transform_box_corners(sample["boxes"], matrix, shape[0], shape[1])
-        return out, None
-    out["masks"] = shift_spatial(sample["masks"], dy, dx, 1, 0.0)
-    out["boxes"], pixels = mask_statistics(out["masks"])
-    out["extras"] = _rescale_area(sample["extras"], sample["masks"], pixels)
-    return out, pixels
+def _shift_counting(sample: dict, matrix: tf.Tensor, dy: tf.Tensor, dx: tf.Tensor, fill_value: float):
+    """`_warp_affine_counting` for a `matrix` that is a whole-pixel translation by (dy down,
+    dx right), done by copying instead of resampling."""
+    return _move_counting(sample, matrix, lambda image: shift_spatial(image, dy, dx, 0, fill_value),
+                          lambda masks: shift_spatial(masks, dy, dx, 1, 0.0))
 
 
 def _rescale_area(extras, old_masks, new_pixels):
@@ -439,7 +442,7 @@ def random_affine(sample: dict, seed: tf.Tensor, p: AugmentationParams) -> dict:
 
     def apply():
         return _cond_sample(
-            only_moved, lambda: drop_small(_shift_counting(sample, move_y, move_x, p.fill_value)), sample,
+            only_moved, lambda: drop_small(_shift_counting(sample, matrix, move_y, move_x, p.fill_value)), sample,
             false_fn=lambda: drop_small(_warp_affine_counting(sample, matrix, p.fill_value)))
 
     return _cond_sample(changed, apply, sample)
@@ -485,13 +488,12 @@ def random_cutout(sample: dict, seed: tf.Tensor, p: AugmentationParams) -> dict:
 # ------------------------------------------------------------------------------- entry
 
 
-def to_unit_float(image: tf.Tensor, floating: bool) -> tf.Tensor:
-    """An image in [0, 255] as float32 in [0, 1]; `floating`: it is already float32 from the ops."""
-    if floating:
-        return tf.clip_by_value(image, 0.0, 255.0) * (1.0 / 255.0)
+def to_unit_float(image: tf.Tensor) -> tf.Tensor:
+    """An image in [0, 255] (uint8, or float that the ops may have pushed out of range)
+    as float32 in [0, 1]."""
     if image.dtype.is_integer:
         return tf.image.convert_image_dtype(image, tf.float32)
-    return tf.cast(image, tf.float32) * (1.0 / 255.0)
+    return tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 255.0) * (1.0 / 255.0)
 
 
 def _cond_sample(pred, true_fn, sample, false_fn=None):
@@ -548,7 +550,7 @@ def augment(image: tf.Tensor, boxes: tf.Tensor, masks: Optional[tf.Tensor], clas
     if colours:
         sample["image"] = random_colour_float(sample["image"], seed, params)
     if unit_float_image:
-        sample["image"] = to_unit_float(sample["image"], floating=warps or cuts or colours)
+        sample["image"] = to_unit_float(sample["image"])
     elif warps or cuts or colours:
         sample["image"] = clip_cast_like(sample["image"], original_image)
     return sample["image"], sample["boxes"], sample["masks"], sample["classes"], sample["extras"]
