@@ -195,6 +195,9 @@ def _r50fpn(input_size: int) -> mg.MaskRCNN:
 
 def _r50fpn_experiment(batch_size: int, train_steps: int, mixed_precision: str,
                        distribution: str, data_dtype: str) -> cfg.ExperimentConfig:
+  """mixed_precision takes Model Garden's names (float16 | bfloat16 | float32), not Keras'
+  policy names: `mixed_float16` makes `performance.set_mixed_precision_policy` raise before
+  the first step. Loss scaling is added by Model Garden for float16 only."""
   parser = Parser(aug_rand_hflip=True, aug_scale_min=0.8, aug_scale_max=1.25)
   base_lr = 0.02 * batch_size / 16  # the linear scaling rule from Goyal et al. (2017)
   return cfg.ExperimentConfig(
@@ -235,12 +238,12 @@ def _r50fpn_experiment(batch_size: int, train_steps: int, mixed_precision: str,
 @exp_factory.register_config_factory('tfmaskrcnn_r50fpn_gpu')
 def tfmaskrcnn_r50fpn_gpu() -> cfg.ExperimentConfig:
   """ResNet-50 FPN at 1024 px on one or more GPUs (MirroredStrategy), mixed float16."""
-  return _r50fpn_experiment(batch_size=16, train_steps=90000, mixed_precision='mixed_float16',
+  return _r50fpn_experiment(batch_size=16, train_steps=90000, mixed_precision='float16',
                             distribution='mirrored', data_dtype='float16')
 
 
 @exp_factory.register_config_factory('tfmaskrcnn_r50fpn_tpu')
 def tfmaskrcnn_r50fpn_tpu() -> cfg.ExperimentConfig:
   """ResNet-50 FPN at 1024 px on Cloud TPU, bfloat16."""
-  return _r50fpn_experiment(batch_size=64, train_steps=22500, mixed_precision='mixed_bfloat16',
+  return _r50fpn_experiment(batch_size=64, train_steps=22500, mixed_precision='bfloat16',
                             distribution='tpu', data_dtype='bfloat16')

@@ -18,38 +18,44 @@ import tensorflow as tf
 
 
 def _foreground(class_outputs, class_targets):
+    """One-hot predicted and target classes [N, C] and a foreground weight [N, 1].
+
+    Everything stays dense with static shapes (no boolean_mask, no bincount), so the
+    signals compile under XLA inside the train step, as on Cloud TPU.
+    """
     num_classes = class_outputs.shape[-1]
     logits = tf.reshape(class_outputs, [-1, num_classes])
     targets = tf.reshape(tf.cast(class_targets, tf.int32), [-1])
     predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    is_foreground = targets > 0
-    return (tf.boolean_mask(predicted, is_foreground), tf.boolean_mask(targets, is_foreground), num_classes)
+    is_foreground = tf.cast(targets > 0, tf.float32)[:, tf.newaxis]
+    return (tf.one_hot(predicted, num_classes, dtype=tf.float32),
+            tf.one_hot(targets, num_classes, dtype=tf.float32), is_foreground)
 
 
 def foreground_accuracy(class_outputs, class_targets) -> tf.Tensor:
     """Share of foreground RoIs whose arg-max class is their target class."""
-    predicted, targets, _ = _foreground(class_outputs, class_targets)
-    correct = tf.reduce_sum(tf.cast(tf.equal(predicted, targets), tf.float32))
-    return tf.math.divide_no_nan(correct, tf.cast(tf.size(targets), tf.float32))
+    predicted, targets, foreground = _foreground(class_outputs, class_targets)
+    correct = tf.reduce_sum(predicted * targets * foreground)
+    return tf.math.divide_no_nan(correct, tf.reduce_sum(foreground))
 
 
 def foreground_predicted_as_background(class_outputs, class_targets) -> tf.Tensor:
     """Share of foreground RoIs whose arg-max class is background (0)."""
-    predicted, targets, _ = _foreground(class_outputs, class_targets)
-    missed = tf.reduce_sum(tf.cast(tf.equal(predicted, 0), tf.float32))
-    return tf.math.divide_no_nan(missed, tf.cast(tf.size(targets), tf.float32))
+    predicted, _, foreground = _foreground(class_outputs, class_targets)
+    missed = tf.reduce_sum(predicted[:, :1] * foreground)
+    return tf.math.divide_no_nan(missed, tf.reduce_sum(foreground))
 
 
 def predicted_class_histogram(class_outputs, class_targets) -> tf.Tensor:
     """Counts of arg-max classes over foreground RoIs, int32 [C] (index 0: background)."""
-    predicted, _, num_classes = _foreground(class_outputs, class_targets)
-    return tf.math.bincount(predicted, minlength=num_classes, maxlength=num_classes, dtype=tf.int32)
+    predicted, _, foreground = _foreground(class_outputs, class_targets)
+    return tf.cast(tf.reduce_sum(predicted * foreground, axis=0), tf.int32)
 
 
 def target_class_histogram(class_outputs, class_targets) -> tf.Tensor:
     """Counts of target classes over foreground RoIs, int32 [C]: what the histogram should look like."""
-    _, targets, num_classes = _foreground(class_outputs, class_targets)
-    return tf.math.bincount(targets, minlength=num_classes, maxlength=num_classes, dtype=tf.int32)
+    _, targets, foreground = _foreground(class_outputs, class_targets)
+    return tf.cast(tf.reduce_sum(targets * foreground, axis=0), tf.int32)
 
 
 def collapse_signals(class_outputs, class_targets) -> dict:
