@@ -17,62 +17,73 @@ import time
 
 
 def build(records: dict, balanced: bool):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from official.core import exp_factory, task_factory  # pylint: disable=g-import-not-at-top
-  import tfmaskrcnn.registry_imports  # pylint: disable=g-import-not-at-top,unused-import
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from official.core import exp_factory, task_factory  # pylint: disable=g-import-not-at-top
 
-  params = exp_factory.get_exp_config('tfmaskrcnn_shapes_cpu')
-  params.override({'task': {'train_data': {'input_path': records['train']},
-                            'validation_data': {'input_path': records['val']}}}, is_strict=True)
-  if balanced:
-    params.override({'task': {'class_balance': {'weighting': {'scheme': 'sqrt_inverse'}},
-                              'train_data': {'sampling': {'type': 'repeat_factor'}}}},
-                    is_strict=True)
-  task = task_factory.get_task(params.task)
-  model = task.build_model()
-  optimizer = task.create_optimizer(params.trainer.optimizer_config, params.runtime)
-  metrics = task.build_metrics(training=True)
-  iterator = iter(task.build_inputs(params.task.train_data))
+    import tfmaskrcnn.registry_imports  # noqa: F401
 
-  @tf.function
-  def step(inputs):
-    return task.train_step(inputs, model, optimizer, metrics)
+    params = exp_factory.get_exp_config("tfmaskrcnn_shapes_cpu")
+    params.override(
+        {"task": {"train_data": {"input_path": records["train"]}, "validation_data": {"input_path": records["val"]}}},
+        is_strict=True,
+    )
+    if balanced:
+        params.override(
+            {
+                "task": {
+                    "class_balance": {"weighting": {"scheme": "sqrt_inverse"}},
+                    "train_data": {"sampling": {"type": "repeat_factor"}},
+                }
+            },
+            is_strict=True,
+        )
+    task = task_factory.get_task(params.task)
+    model = task.build_model()
+    optimizer = task.create_optimizer(params.trainer.optimizer_config, params.runtime)
+    metrics = task.build_metrics(training=True)
+    iterator = iter(task.build_inputs(params.task.train_data))
 
-  def run(n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-      logs = step(next(iterator))
-    float(logs['loss'])  # wait for the last step
-    return (time.perf_counter() - start) / n
+    @tf.function
+    def step(inputs):
+        return task.train_step(inputs, model, optimizer, metrics)
 
-  return run
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            logs = step(next(iterator))
+        float(logs["loss"])  # wait for the last step
+        return (time.perf_counter() - start) / n
+
+    return run
 
 
 def main() -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--output', default='bench_out/step_time')
-  parser.add_argument('--steps', type=int, default=30, help='steps per timing block')
-  parser.add_argument('--rounds', type=int, default=5)
-  args = parser.parse_args()
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  from class_balance_experiment import make_data  # pylint: disable=g-import-not-at-top
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="bench_out/step_time")
+    parser.add_argument("--steps", type=int, default=30, help="steps per timing block")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from class_balance_experiment import make_data  # pylint: disable=g-import-not-at-top
 
-  records = make_data(args.output)
-  runners = {'stock': build(records, balanced=False),
-             'weights+sampling': build(records, balanced=True)}
-  for run in runners.values():
-    run(5)  # tracing and warm-up
-  times = {name: [] for name in runners}
-  for _ in range(args.rounds):
-    for name, run in runners.items():
-      times[name].append(run(args.steps))
-  medians = {name: statistics.median(values) for name, values in times.items()}
-  for name, value in medians.items():
-    print(f'{name:>18}: {value * 1000:.1f} ms/step  (blocks: '
-          + ', '.join(f'{v * 1000:.0f}' for v in times[name]) + ')')
-  print(f'ratio weights+sampling / stock: {medians["weights+sampling"] / medians["stock"]:.3f}')
-  return 0
+    records = make_data(args.output)
+    runners = {"stock": build(records, balanced=False), "weights+sampling": build(records, balanced=True)}
+    for run in runners.values():
+        run(5)  # tracing and warm-up
+    times = {name: [] for name in runners}
+    for _ in range(args.rounds):
+        for name, run in runners.items():
+            times[name].append(run(args.steps))
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    for name, value in medians.items():
+        print(
+            f"{name:>18}: {value * 1000:.1f} ms/step  (blocks: "
+            + ", ".join(f"{v * 1000:.0f}" for v in times[name])
+            + ")"
+        )
+    print(f"ratio weights+sampling / stock: {medians['weights+sampling'] / medians['stock']:.3f}")
+    return 0
 
 
-if __name__ == '__main__':
-  sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

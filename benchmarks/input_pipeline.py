@@ -31,12 +31,24 @@ import time
 def build_parser(augmenter, output_size: int, stock: bool = False):
     from official.vision.dataloaders import maskrcnn_input
 
-    from tfmaskrcnn.data.parser import AugmentingParser
+    from tfmaskrcnn.dataloaders.parser import AugmentingParser
 
     # Model Garden's COCO Mask R-CNN defaults (maskrcnn_resnetfpn_coco).
-    args = dict(output_size=[output_size, output_size], min_level=2, max_level=6, num_scales=1,
-                aspect_ratios=[0.5, 1.0, 2.0], anchor_size=8.0, aug_rand_hflip=True, aug_scale_min=0.8,
-                aug_scale_max=1.25, include_mask=True, mask_crop_size=112, max_num_instances=100, dtype="float32")
+    args = dict(
+        output_size=[output_size, output_size],
+        min_level=2,
+        max_level=6,
+        num_scales=1,
+        aspect_ratios=[0.5, 1.0, 2.0],
+        anchor_size=8.0,
+        aug_rand_hflip=True,
+        aug_scale_min=0.8,
+        aug_scale_max=1.25,
+        include_mask=True,
+        mask_crop_size=112,
+        max_num_instances=100,
+        dtype="float32",
+    )
     if stock:
         return maskrcnn_input.Parser(**args)
     return AugmentingParser(augmenter=augmenter, **args)
@@ -48,10 +60,14 @@ def make_iterator(files, parser, batch_size: int, threads):
 
     decoder = tf_example_decoder.TfExampleDecoder(include_mask=True, regenerate_source_id=False)
     autotune = tf.data.AUTOTUNE if threads is None else threads
-    ds = (tf.data.TFRecordDataset(files).repeat()
-          .map(decoder.decode, num_parallel_calls=autotune)
-          .map(parser.parse_fn(is_training=True), num_parallel_calls=autotune)
-          .batch(batch_size, drop_remainder=True).prefetch(2))
+    ds = (
+        tf.data.TFRecordDataset(files)
+        .repeat()
+        .map(decoder.decode, num_parallel_calls=autotune)
+        .map(parser.parse_fn(is_training=True), num_parallel_calls=autotune)
+        .batch(batch_size, drop_remainder=True)
+        .prefetch(2)
+    )
     return iter(ds)
 
 
@@ -78,7 +94,8 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
 
-    from tfmaskrcnn.data import augment_presets, imgaug_adapter
+    from tfmaskrcnn.augment import imgaug_adapter
+    from tfmaskrcnn.augment import presets as augment_presets
 
     files = sorted(tf.io.gfile.glob(args.data))
     if not files:
@@ -87,8 +104,9 @@ def main(argv=None) -> int:
     augmenters = {
         "stock": lambda: None,
         "none": lambda: None,
-        "standard": lambda: augment_presets.build_augmenter(augment_presets.AugmentationConfig(preset="standard"),
-                                                          unit_float_image=True),  # as the task builds it
+        "standard": lambda: augment_presets.build_augmenter(
+            augment_presets.AugmentationConfig(preset="standard"), unit_float_image=True
+        ),  # as the task builds it
         "imgaug": lambda: imgaug_adapter.ImgaugAugmenter(imgaug_adapter.standard_pipeline()),
     }
     parsers = {}
@@ -118,8 +136,9 @@ def main(argv=None) -> int:
         # between rounds moves both numbers of a round together and cancels in the ratio.
         if reference not in rounds:
             return {}
-        return {name: statistics.median(r / s for r, s in zip(rates, rounds[reference]))
-                for name, rates in rounds.items()}
+        return {
+            name: statistics.median(r / s for r, s in zip(rates, rounds[reference])) for name, rates in rounds.items()
+        }
 
     to_stock, to_none = paired_ratios("stock"), paired_ratios("none")
     fmt = lambda ratios, name: f"{ratios[name]:.2f}x" if ratios else "-"  # noqa: E731
@@ -127,10 +146,23 @@ def main(argv=None) -> int:
     for name, rate in results.items():
         print(f"| {name} | {rate:.2f} | {fmt(to_stock, name)} | {fmt(to_none, name)} |")
     if args.json_output:
-        report = {"images_per_second": results, "ratio_to_stock": to_stock, "ratio_to_none": to_none, "rounds": rounds, "files": files, "output_size": args.output_size,
-                  "batch_size": args.batch_size, "warmup_batches": args.warmup, "timed_batches": args.batches, "num_rounds": args.rounds,
-                  "threads": args.threads or "autotune", "cpus": os.cpu_count(), "load_average": load, "machine": platform.machine(),
-                  "tensorflow": tf.__version__}
+        report = {
+            "images_per_second": results,
+            "ratio_to_stock": to_stock,
+            "ratio_to_none": to_none,
+            "rounds": rounds,
+            "files": files,
+            "output_size": args.output_size,
+            "batch_size": args.batch_size,
+            "warmup_batches": args.warmup,
+            "timed_batches": args.batches,
+            "num_rounds": args.rounds,
+            "threads": args.threads or "autotune",
+            "cpus": os.cpu_count(),
+            "load_average": load,
+            "machine": platform.machine(),
+            "tensorflow": tf.__version__,
+        }
         temporary = args.json_output + ".tmp"
         with open(temporary, "w") as f:
             json.dump(report, f, indent=2)

@@ -25,11 +25,13 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the package
+sys.path.insert(0, str(REPO / "tests"))  # the simulated detections are a test helper
 
 from pycocotools.cocoeval import COCOeval  # noqa: E402
+from simulated_detections import simulate_detections  # noqa: E402
 
-from tfmaskrcnn.evaluation.cli import evaluate  # noqa: E402
-from tfmaskrcnn.evaluation.groundtruth import load_coco_json, simulate_detections  # noqa: E402
+from tfmaskrcnn.evaluation.evaluate import evaluate  # noqa: E402
+from tfmaskrcnn.evaluation.groundtruth import load_coco_json  # noqa: E402
 
 SECTION = "## Per-class evaluation"
 
@@ -79,7 +81,7 @@ def write_docs(text: str) -> None:
     if SECTION in old:
         start = old.index(SECTION)
         end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1:] if end >= 0 else "")
+        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
     else:
         new = old.rstrip("\n") + "\n\n" + text
     tmp = path.with_suffix(".md.tmp")
@@ -96,10 +98,19 @@ def main() -> int:
     data = pathlib.Path(os.environ.get("TFMASKRCNN_COCO_TINY", REPO.parent / "shared" / "data" / "coco_tiny"))
     coco_gt = load_coco_json(str(data / "annotations" / "instances_val2017.json"))
     ids = {c["name"]: c["id"] for c in coco_gt.loadCats(coco_gt.getCatIds())}
-    detections = simulate_detections(coco_gt, seed=0, drop_rate=0.1, box_jitter=0.05, copies=6,
-                                     false_positives_per_image=12, class_swaps={ids["dog"]: ids["cat"]})
-    print(f"{len(detections)} detections on {len(coco_gt.getImgIds())} images, "
-          f"{len(coco_gt.getCatIds())} classes, bbox + segm")
+    detections = simulate_detections(
+        coco_gt,
+        seed=0,
+        drop_rate=0.1,
+        box_jitter=0.05,
+        copies=6,
+        false_positives_per_image=12,
+        class_swaps={ids["dog"]: ids["cat"]},
+    )
+    print(
+        f"{len(detections)} detections on {len(coco_gt.getImgIds())} images, "
+        f"{len(coco_gt.getCatIds())} classes, bbox + segm"
+    )
 
     plain_times, our_times = [], []
     for _ in range(args.repeats):
@@ -126,7 +137,8 @@ def main() -> int:
             f"collapse alarm | {mine:.2f} |\n"
             f"| ratio | {ratio:.2f} (goal <= 1.2) |\n\n"
             "Both give identical overall COCO stats, and the per-class AP equals pycocotools' own per-class "
-            "runs (`params.catIds=[k]`) to 1e-6: per-class numbers are read from the one all-class run.\n")
+            "runs (`params.catIds=[k]`) to 1e-6: per-class numbers are read from the one all-class run.\n"
+        )
     return 0 if ratio <= 1.2 else 1
 
 

@@ -8,7 +8,7 @@
   python export/export_saved_model.py --experiment tfmaskrcnn_r50fpn_gpu --config_file my.yaml \
     --checkpoint_path runs/r50/ckpt-90000 --export_dir exported/r50
 
-The same as `tfmaskrcnn export`; see tfmaskrcnn/export.py and docs/serving.md.
+Alias of `tfmaskrcnn export`; see tfmaskrcnn/serving/export.py and docs/serving.md.
 """
 
 import os
@@ -18,5 +18,5 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tfmaskrcnn import cli  # noqa: E402
 
-if __name__ == '__main__':
-  sys.exit(cli.main(['export'] + sys.argv[1:]))
+if __name__ == "__main__":
+    sys.exit(cli.main(["export"] + sys.argv[1:]))

@@ -30,15 +30,21 @@ def shapes_records(tmp_path_factory) -> dict:
 
     Shared by every tiny-model test; it goes through the same converter as real data.
     """
-    from tfmaskrcnn.data import convert, shapes
+    from tfmaskrcnn.data import convert
+    from tfmaskrcnn.data.shapes import generator as shapes
 
     root = tmp_path_factory.mktemp("shapes")
     shapes.generate_shapes_dataset(root / "coco", num_train=24, num_val=8, seed=1, progress=False)
     result = {"dir": root}
     for split in ("train", "val"):
         out = root / "records" / split
-        convert.convert_coco(str(root / "coco" / "annotations" / f"instances_{split}.json"),
-                             str(root / "coco" / split), str(out), num_shards=1, progress=False)
+        convert.convert_coco(
+            str(root / "coco" / "annotations" / f"instances_{split}.json"),
+            str(root / "coco" / split),
+            str(out),
+            num_shards=1,
+            progress=False,
+        )
         result[split] = str(out / "*.tfrecord")
     return result
 
@@ -50,13 +56,22 @@ def _tiny_experiment(records: dict, train_steps: int = 2):
     import tfmaskrcnn.registry_imports  # noqa: F401  (registers the experiments)
 
     params = exp_factory.get_exp_config("tfmaskrcnn_shapes_cpu")
-    params.override({
-        "task": {"train_data": {"input_path": records["train"], "global_batch_size": 2,
-                                "shuffle_buffer_size": 8},
-                 "validation_data": {"input_path": records["val"], "global_batch_size": 2}},
-        "trainer": {"train_steps": train_steps, "steps_per_loop": 1, "summary_interval": 1,
-                    "checkpoint_interval": 1, "validation_interval": train_steps},
-    }, is_strict=True)
+    params.override(
+        {
+            "task": {
+                "train_data": {"input_path": records["train"], "global_batch_size": 2, "shuffle_buffer_size": 8},
+                "validation_data": {"input_path": records["val"], "global_batch_size": 2},
+            },
+            "trainer": {
+                "train_steps": train_steps,
+                "steps_per_loop": 1,
+                "summary_interval": 1,
+                "checkpoint_interval": 1,
+                "validation_interval": train_steps,
+            },
+        },
+        is_strict=True,
+    )
     return params
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmaskrcnn.data import augment
-from tfmaskrcnn.data import augment_presets
+from tfmaskrcnn.augment import ops as augment
+from tfmaskrcnn.augment import presets as augment_presets
 
 # Each class paints its instances in its own colour, so after any geometric op the image
 # under an instance's mask tells which class the mask belongs to: a mix-up of masks,
@@ -26,9 +26,22 @@ GEOMETRIC_OPS = {
     "shear": dict(shear_prob=1.0, shear_max_degrees=20.0),
     "translate": dict(translate_prob=1.0, translate_max_fraction=0.4),
     "cutout": dict(cutout_prob=1.0, cutout_count=3, cutout_max_fraction=0.5),
-    "all": dict(hflip_prob=0.5, vflip_prob=0.5, rot90_prob=0.5, scale_prob=0.8, scale_min=0.5, scale_max=2.0,
-                rotate_prob=0.8, rotate_max_degrees=30.0, shear_prob=0.5, shear_max_degrees=10.0,
-                translate_prob=0.5, translate_max_fraction=0.2, cutout_prob=0.5, cutout_max_fraction=0.3),
+    "all": dict(
+        hflip_prob=0.5,
+        vflip_prob=0.5,
+        rot90_prob=0.5,
+        scale_prob=0.8,
+        scale_min=0.5,
+        scale_max=2.0,
+        rotate_prob=0.8,
+        rotate_max_degrees=30.0,
+        shear_prob=0.5,
+        shear_max_degrees=10.0,
+        translate_prob=0.5,
+        translate_max_fraction=0.2,
+        cutout_prob=0.5,
+        cutout_max_fraction=0.3,
+    ),
 }
 EXACT_OPS = {"hflip", "vflip", "rot90"}  # never drop an instance
 
@@ -44,14 +57,14 @@ def make_example(rng: np.random.Generator):
         top, left = int(rng.integers(0, height - h)), int(rng.integers(0, width - w))
         mask = np.zeros((height, width), bool)
         if rng.random() < 0.5:
-            mask[top:top + h, left:left + w] = True
+            mask[top : top + h, left : left + w] = True
         else:
             yy, xx = np.mgrid[:height, :width]
             cy, cx = top + (h - 1) / 2, left + (w - 1) / 2
             mask = ((yy - cy) / (h / 2)) ** 2 + ((xx - cx) / (w / 2)) ** 2 <= 1.0
         # A one-pixel gap keeps instances apart, so colours do not bleed across them.
         grown = np.zeros_like(mask)
-        grown[max(top - 2, 0):top + h + 2, max(left - 2, 0):left + w + 2] = True
+        grown[max(top - 2, 0) : top + h + 2, max(left - 2, 0) : left + w + 2] = True
         if (grown & occupied).any():
             continue
         occupied |= grown
@@ -71,16 +84,25 @@ def tight_boxes(masks: np.ndarray) -> np.ndarray:
     for i, m in enumerate(masks):
         ys, xs = np.nonzero(m > 0.5)
         if len(ys):
-            out[i] = [ys.min() / m.shape[0], xs.min() / m.shape[1], (ys.max() + 1) / m.shape[0],
-                      (xs.max() + 1) / m.shape[1]]
+            out[i] = [
+                ys.min() / m.shape[0],
+                xs.min() / m.shape[1],
+                (ys.max() + 1) / m.shape[0],
+                (xs.max() + 1) / m.shape[1],
+            ]
     return out
 
 
 SIGNATURE = [
-    tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([None, 4], tf.float32),
-    tf.TensorSpec([None, None, None], tf.float32), tf.TensorSpec([None], tf.int64),
-    {"tag": tf.TensorSpec([None], tf.int64), "is_crowd": tf.TensorSpec([None], tf.bool),
-     "area": tf.TensorSpec([None], tf.float32)},
+    tf.TensorSpec([None, None, 3], tf.uint8),
+    tf.TensorSpec([None, 4], tf.float32),
+    tf.TensorSpec([None, None, None], tf.float32),
+    tf.TensorSpec([None], tf.int64),
+    {
+        "tag": tf.TensorSpec([None], tf.int64),
+        "is_crowd": tf.TensorSpec([None], tf.bool),
+        "area": tf.TensorSpec([None], tf.float32),
+    },
     tf.TensorSpec([2], tf.int64),
 ]
 
@@ -95,7 +117,7 @@ def interior(mask: np.ndarray) -> np.ndarray:
     out = np.ones_like(mask, bool)
     for dy in range(3):
         for dx in range(3):
-            out &= padded[dy:dy + mask.shape[0], dx:dx + mask.shape[1]]
+            out &= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]]
     return out
 
 
@@ -106,8 +128,9 @@ def test_geometric_op_keeps_everything_aligned(op):
     rng = np.random.default_rng(sum(map(ord, op)))
     for seed in range(50):
         image, boxes, masks, classes, extras = make_example(rng)
-        out_image, out_boxes, out_masks, out_classes, out_extras = (
-            tf.nest.map_structure(lambda t: t.numpy(), fn(image, boxes, masks, classes, extras, [seed, 7])))
+        out_image, out_boxes, out_masks, out_classes, out_extras = tf.nest.map_structure(
+            lambda t: t.numpy(), fn(image, boxes, masks, classes, extras, [seed, 7])
+        )
         n = len(out_classes)
         assert out_boxes.shape == (n, 4) and out_masks.shape == (n,) + out_image.shape[:2]
         assert out_image.dtype == np.uint8 and np.isfinite(out_boxes).all() and np.isfinite(out_masks).all()
@@ -115,8 +138,9 @@ def test_geometric_op_keeps_everything_aligned(op):
         if op in EXACT_OPS:
             assert n == len(classes)
         assert out_extras["area"].shape == (n,)
-        assert_instances_aligned(extras, out_image, out_boxes, out_masks, out_classes, out_extras,
-                                 where=f"op {op} seed {seed}")
+        assert_instances_aligned(
+            extras, out_image, out_boxes, out_masks, out_classes, out_extras, where=f"op {op} seed {seed}"
+        )
 
 
 def assert_instances_aligned(extras, out_image, out_boxes, out_masks, out_classes, out_extras, where=""):
@@ -136,8 +160,9 @@ def assert_instances_aligned(extras, out_image, out_boxes, out_masks, out_classe
         inside = interior(mask)
         if inside.sum() >= 3:
             colour = np.median(out_image[inside].astype(float), axis=0)
-            np.testing.assert_allclose(colour, CLASS_COLOURS[cls], atol=40,
-                                       err_msg=f"{where}: mask of class {cls} not on its pixels")
+            np.testing.assert_allclose(
+                colour, CLASS_COLOURS[cls], atol=40, err_msg=f"{where}: mask of class {cls} not on its pixels"
+            )
 
 
 def test_affine_moves_mask_with_image_and_drops_instances_pushed_out():
@@ -147,8 +172,13 @@ def test_affine_moves_mask_with_image_and_drops_instances_pushed_out():
     masks[1, 17:23, 17:23] = 1  # centre: stays, twice as large
     image[masks[0] > 0] = CLASS_COLOURS[1]
     image[masks[1] > 0] = CLASS_COLOURS[2]
-    sample = {"image": tf.constant(image), "boxes": tf.constant(tight_boxes(masks)), "masks": tf.constant(masks),
-              "classes": tf.constant([1, 2], tf.int64), "extras": {"area": tf.constant([36.0, 36.0])}}
+    sample = {
+        "image": tf.constant(image),
+        "boxes": tf.constant(tight_boxes(masks)),
+        "masks": tf.constant(masks),
+        "classes": tf.constant([1, 2], tf.int64),
+        "extras": {"area": tf.constant([36.0, 36.0])},
+    }
     matrix = augment.affine_matrix(40, 40, scale=2.0)
     out = augment.drop_small_instances(augment.warp_affine(sample, matrix), 4, 1.0)
     assert out["classes"].numpy().tolist() == [2]
@@ -159,8 +189,9 @@ def test_affine_moves_mask_with_image_and_drops_instances_pushed_out():
 def test_rotation_direction_matches_between_image_boxes_and_masks_without_masks():
     """Without masks the boxes follow the warped corners and still contain the object."""
     rng = np.random.default_rng(3)
-    params = augment.AugmentationParams(rotate_prob=1.0, rotate_max_degrees=30.0, scale_prob=1.0,
-                                        scale_min=0.8, scale_max=1.2)
+    params = augment.AugmentationParams(
+        rotate_prob=1.0, rotate_max_degrees=30.0, scale_prob=1.0, scale_min=0.8, scale_max=1.2
+    )
     for seed in range(10):
         image, boxes, masks, classes, extras = make_example(rng)
         with_masks = augment.augment(image, boxes, masks, classes, extras, [seed, 1], params)
@@ -175,9 +206,22 @@ def test_rotation_direction_matches_between_image_boxes_and_masks_without_masks(
 
 
 COLOUR_ONLY = augment.AugmentationParams(
-    brightness_prob=1.0, brightness_max_delta=0.3, contrast_prob=1.0, contrast_lower=0.5, contrast_upper=1.5,
-    saturation_prob=1.0, saturation_lower=0.5, saturation_upper=1.5, hue_prob=1.0, hue_max_delta=0.2,
-    grayscale_prob=0.5, blur_prob=1.0, blur_sigma_max=1.5, noise_prob=1.0, noise_std_max=0.05)
+    brightness_prob=1.0,
+    brightness_max_delta=0.3,
+    contrast_prob=1.0,
+    contrast_lower=0.5,
+    contrast_upper=1.5,
+    saturation_prob=1.0,
+    saturation_lower=0.5,
+    saturation_upper=1.5,
+    hue_prob=1.0,
+    hue_max_delta=0.2,
+    grayscale_prob=0.5,
+    blur_prob=1.0,
+    blur_sigma_max=1.5,
+    noise_prob=1.0,
+    noise_std_max=0.05,
+)
 
 
 def test_colour_ops_change_only_the_image():
@@ -215,8 +259,13 @@ def test_runs_in_parallel_tf_data_map_with_empty_and_full_examples():
     augmenter = augment_presets.build_augmenter(augment_presets.AugmentationConfig(preset="heavy", seed=1))
     rng = np.random.default_rng(2)
     examples = [make_example(rng) for _ in range(6)]
-    examples[0] = (examples[0][0], np.zeros((0, 4), np.float32), np.zeros((0,) + examples[0][0].shape[:2], np.float32),
-                   np.zeros((0,), np.int64), {k: v[:0] for k, v in examples[0][4].items()})
+    examples[0] = (
+        examples[0][0],
+        np.zeros((0, 4), np.float32),
+        np.zeros((0,) + examples[0][0].shape[:2], np.float32),
+        np.zeros((0,), np.int64),
+        {k: v[:0] for k, v in examples[0][4].items()},
+    )
 
     def gen():
         yield from examples
@@ -245,7 +294,8 @@ def test_presets_and_overrides():
     for name in ("light", "standard", "heavy"):
         assert not augment_presets.PRESETS[name].is_identity
     assert set(f.name for f in dataclasses.fields(augment.AugmentationParams)) <= set(
-        augment_presets.AugmentationConfig().as_dict())
+        augment_presets.AugmentationConfig().as_dict()
+    )
 
 
 def test_config_seed_reproduces_a_sequential_tf_data_run():
@@ -296,12 +346,18 @@ def test_whole_pixel_move_by_copying_equals_the_warp(dy, dx):
     image, boxes, masks, classes, extras = make_example(rng)
     while len(classes) < 2:
         image, boxes, masks, classes, extras = make_example(rng)
-    sample = {"image": tf.cast(image, tf.float32), "boxes": tf.constant(boxes), "masks": tf.constant(masks),
-              "classes": tf.constant(classes), "extras": {k: tf.constant(v) for k, v in extras.items()}}
+    sample = {
+        "image": tf.cast(image, tf.float32),
+        "boxes": tf.constant(boxes),
+        "masks": tf.constant(masks),
+        "classes": tf.constant(classes),
+        "extras": {k: tf.constant(v) for k, v in extras.items()},
+    }
     h, w = image.shape[:2]
     matrix = augment.affine_matrix(h, w, translate_y=dy, translate_x=dx)
-    shifted, shifted_pixels = augment._shift_counting(sample, matrix, tf.constant(float(dy)),
-                                                      tf.constant(float(dx)), 115.0)
+    shifted, shifted_pixels = augment._shift_counting(
+        sample, matrix, tf.constant(float(dy)), tf.constant(float(dx)), 115.0
+    )
     warped, warped_pixels = augment._warp_affine_counting(sample, matrix, 115.0)
     np.testing.assert_allclose(shifted["image"].numpy(), warped["image"].numpy(), atol=1e-3)
     np.testing.assert_array_equal(shifted["masks"].numpy(), warped["masks"].numpy())
@@ -309,8 +365,11 @@ def test_whole_pixel_move_by_copying_equals_the_warp(dy, dx):
     np.testing.assert_allclose(shifted_pixels.numpy(), warped_pixels.numpy())
     np.testing.assert_allclose(shifted["extras"]["area"].numpy(), warped["extras"]["area"].numpy())
     no_masks = dict(sample, masks=None)
-    np.testing.assert_allclose(augment._shift_counting(no_masks, matrix, float(dy), float(dx), 115.0)[0]["boxes"].numpy(),
-                               augment.warp_affine(no_masks, matrix)["boxes"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        augment._shift_counting(no_masks, matrix, float(dy), float(dx), 115.0)[0]["boxes"].numpy(),
+        augment.warp_affine(no_masks, matrix)["boxes"].numpy(),
+        atol=1e-5,
+    )
 
 
 def test_unit_float_image_is_the_uint8_image_scaled_to_one():

@@ -9,17 +9,30 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from official.vision.dataloaders import maskrcnn_input, tf_example_decoder
-
 from test_augment import make_example
-from tfmaskrcnn.data import augment, augment_presets, show_augment
-from tfmaskrcnn.data.parser import AugmentingParser
 
-PARSER_ARGS = dict(output_size=[64, 64], min_level=2, max_level=4, num_scales=1, aspect_ratios=[1.0],
-                   anchor_size=2.0, include_mask=True, mask_crop_size=14, max_num_instances=8, dtype="float32")
+from tfmaskrcnn.augment import ops as augment
+from tfmaskrcnn.augment import presets as augment_presets
+from tfmaskrcnn.augment import preview as show_augment
+from tfmaskrcnn.dataloaders.parser import AugmentingParser
+
+PARSER_ARGS = dict(
+    output_size=[64, 64],
+    min_level=2,
+    max_level=4,
+    num_scales=1,
+    aspect_ratios=[1.0],
+    anchor_size=2.0,
+    include_mask=True,
+    mask_crop_size=14,
+    max_num_instances=8,
+    dtype="float32",
+)
 
 
 def serialize(image, boxes, masks, classes, is_crowd, source_id=7) -> bytes:
     """A tf.Example in Model Garden's TfExampleDecoder layout (one 0/1 PNG per mask)."""
+
     def floats(v):
         return tf.train.Feature(float_list=tf.train.FloatList(value=list(map(float, v))))
 
@@ -32,12 +45,17 @@ def serialize(image, boxes, masks, classes, is_crowd, source_id=7) -> bytes:
     pngs = [tf.io.encode_png(m[..., None].astype(np.uint8)).numpy() for m in masks]
     feature = {
         "image/encoded": strings([tf.io.encode_png(image).numpy()]),
-        "image/height": ints([image.shape[0]]), "image/width": ints([image.shape[1]]),
+        "image/height": ints([image.shape[0]]),
+        "image/width": ints([image.shape[1]]),
         "image/source_id": strings([str(source_id).encode()]),
-        "image/object/bbox/ymin": floats(boxes[:, 0]), "image/object/bbox/xmin": floats(boxes[:, 1]),
-        "image/object/bbox/ymax": floats(boxes[:, 2]), "image/object/bbox/xmax": floats(boxes[:, 3]),
-        "image/object/class/label": ints(classes), "image/object/is_crowd": ints(is_crowd),
-        "image/object/area": floats(masks.sum(axis=(1, 2))), "image/object/mask": strings(pngs),
+        "image/object/bbox/ymin": floats(boxes[:, 0]),
+        "image/object/bbox/xmin": floats(boxes[:, 1]),
+        "image/object/bbox/ymax": floats(boxes[:, 2]),
+        "image/object/bbox/xmax": floats(boxes[:, 3]),
+        "image/object/class/label": ints(classes),
+        "image/object/is_crowd": ints(is_crowd),
+        "image/object/area": floats(masks.sum(axis=(1, 2))),
+        "image/object/mask": strings(pngs),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
@@ -70,8 +88,9 @@ def test_preset_none_is_exactly_the_stock_parser(records):
     assert augment_presets.build_augmenter(augment_presets.AugmentationConfig(preset="none")) is None
     skipped = parse_all(AugmentingParser(augmenter=None, **PARSER_ARGS), records)
     # An identity augmenter still runs the decoded dict through our code path.
-    identity = parse_all(AugmentingParser(augmenter=augment_presets.make_augmenter(augment.AugmentationParams()),
-                                          **PARSER_ARGS), records)
+    identity = parse_all(
+        AugmentingParser(augmenter=augment_presets.make_augmenter(augment.AugmentationParams()), **PARSER_ARGS), records
+    )
     for ours in (skipped, identity):
         for (stock_image, stock_labels), (image, labels) in zip(stock, ours):
             tf.nest.assert_same_structure(stock_labels, labels)
@@ -84,11 +103,16 @@ def test_preset_none_is_exactly_the_stock_parser(records):
 
 
 def test_augmented_output_has_the_stock_structure_and_valid_targets(records, preset="heavy"):
-    stock = parse_all(maskrcnn_input.Parser(aug_rand_hflip=True, aug_scale_min=0.8, aug_scale_max=1.25,
-                                            **PARSER_ARGS), records)
+    stock = parse_all(
+        maskrcnn_input.Parser(aug_rand_hflip=True, aug_scale_min=0.8, aug_scale_max=1.25, **PARSER_ARGS), records
+    )
     augmenter = augment_presets.build_augmenter(augment_presets.AugmentationConfig(preset=preset, seed=3))
-    ours = parse_all(AugmentingParser(augmenter=augmenter, aug_rand_hflip=True, aug_scale_min=0.8,
-                                      aug_scale_max=1.25, **PARSER_ARGS), records)
+    ours = parse_all(
+        AugmentingParser(
+            augmenter=augmenter, aug_rand_hflip=True, aug_scale_min=0.8, aug_scale_max=1.25, **PARSER_ARGS
+        ),
+        records,
+    )
     assert len(ours) == len(stock)
     for (image, labels), stock_output in zip(ours, stock):
         assert structure((image, labels)) == structure(stock_output)
@@ -124,14 +148,33 @@ def test_show_augment_writes_a_grid(tmp_path, records, capsys):
         for record in records:
             writer.write(record)
     names = ["red", "green", "blue", "yellow", "cyan"]
-    (tmp_path / "label_map.json").write_text(json.dumps(
-        {"format": "tfmaskrcnn.label_map", "version": 1,
-         "classes": [{"id": i + 1, "name": n, "coco_id": i + 1} for i, n in enumerate(names)]}))
+    (tmp_path / "label_map.json").write_text(
+        json.dumps(
+            {
+                "format": "tfmaskrcnn.label_map",
+                "version": 1,
+                "classes": [{"id": i + 1, "name": n, "coco_id": i + 1} for i, n in enumerate(names)],
+            }
+        )
+    )
     parser = argparse.ArgumentParser()
     show_augment.add_arguments(parser)
     output = tmp_path / "out" / "grid.png"
-    args = parser.parse_args([str(tmp_path), "--preset", "heavy", "--output", str(output), "--num-images", "2",
-                              "--samples", "2", "--set", "rotate_max_degrees=25"])
+    args = parser.parse_args(
+        [
+            str(tmp_path),
+            "--preset",
+            "heavy",
+            "--output",
+            str(output),
+            "--num-images",
+            "2",
+            "--samples",
+            "2",
+            "--set",
+            "rotate_max_degrees=25",
+        ]
+    )
     assert show_augment.main(args) == 0
     from PIL import Image
 
@@ -151,16 +194,19 @@ def test_show_augment_writes_a_grid(tmp_path, records, capsys):
 def test_our_horizontal_flip_is_model_gardens_flip(records):
     """The parser's own flip gives what Model Garden's flip functions give, at probability 0.5."""
     from official.vision.ops import preprocess_ops
-    from tfmaskrcnn.data.parser import random_flip_decoded
+
+    from tfmaskrcnn.dataloaders.parser import random_flip_decoded
 
     stock = maskrcnn_input.Parser(**PARSER_ARGS)  # no flip of its own
     decoder = tf_example_decoder.TfExampleDecoder(include_mask=True, regenerate_source_id=False)
     for record in records:
         data = decoder.decode(tf.constant(record))
-        theirs = dict(data, image=preprocess_ops.horizontal_flip_image(data["image"]),
-                      groundtruth_boxes=preprocess_ops.horizontal_flip_boxes(data["groundtruth_boxes"]),
-                      groundtruth_instance_masks=preprocess_ops.horizontal_flip_masks(
-                          data["groundtruth_instance_masks"]))
+        theirs = dict(
+            data,
+            image=preprocess_ops.horizontal_flip_image(data["image"]),
+            groundtruth_boxes=preprocess_ops.horizontal_flip_boxes(data["groundtruth_boxes"]),
+            groundtruth_instance_masks=preprocess_ops.horizontal_flip_masks(data["groundtruth_instance_masks"]),
+        )
         ours = random_flip_decoded(data, prob=1.0)
         for key in ("image", "groundtruth_boxes", "groundtruth_instance_masks"):
             np.testing.assert_array_equal(ours[key].numpy(), theirs[key].numpy(), err_msg=key)
@@ -171,8 +217,12 @@ def test_our_horizontal_flip_is_model_gardens_flip(records):
     # The parser flips about half of the examples, as Model Garden's does.
     parser = AugmentingParser(aug_rand_hflip=True, **PARSER_ARGS)
     data = decoder.decode(tf.constant(records[0]))
-    flipped = [not np.array_equal(parser._parse_train_data(data)[1]["gt_boxes"].numpy(),
-                                  stock._parse_train_data(data)[1]["gt_boxes"].numpy()) for _ in range(40)]
+    flipped = [
+        not np.array_equal(
+            parser._parse_train_data(data)[1]["gt_boxes"].numpy(), stock._parse_train_data(data)[1]["gt_boxes"].numpy()
+        )
+        for _ in range(40)
+    ]
     assert 8 <= sum(flipped) <= 32
 
 

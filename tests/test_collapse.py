@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from simulated_detections import simulate_detections
 
 from tfmaskrcnn.evaluation.collapse import COLLAPSE, OK, WARNING, collapse_alarm
 from tfmaskrcnn.evaluation.confusion import detection_confusion, precision_recall_f1
-from tfmaskrcnn.evaluation.groundtruth import coco_from_dataset, simulate_detections
+from tfmaskrcnn.evaluation.groundtruth import coco_from_dataset
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,9 @@ def test_everything_predicted_as_one_class_is_a_collapse(val_gt):
 
 
 def test_healthy_detections_raise_nothing(val_gt):
-    detections = simulate_detections(val_gt, seed=0, drop_rate=0.2, box_jitter=0.05, false_positives_per_image=2,
-                                     with_masks=False)
+    detections = simulate_detections(
+        val_gt, seed=0, drop_rate=0.2, box_jitter=0.05, false_positives_per_image=2, with_masks=False
+    )
     alarm = _alarm(val_gt, detections)
     assert alarm.verdict == OK, str(alarm)
     assert alarm.reasons == ()

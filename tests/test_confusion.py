@@ -7,22 +7,26 @@ import time
 
 import numpy as np
 import pytest
+from simulated_detections import simulate_detections
 
 from tfmaskrcnn.evaluation.confusion import detection_confusion, greedy_match, precision_recall_f1
-from tfmaskrcnn.evaluation.groundtruth import coco_from_dataset, simulate_detections
+from tfmaskrcnn.evaluation.groundtruth import coco_from_dataset
 
 
 def _tiny_gt():
     """One image, two cats, one dog and one crowd region of people."""
-    return coco_from_dataset({
-        "images": [{"id": 7, "height": 100, "width": 200}],
-        "categories": [{"id": 3, "name": "cat"}, {"id": 5, "name": "dog"}, {"id": 9, "name": "person"}],
-        "annotations": [
-            {"id": 1, "image_id": 7, "category_id": 3, "bbox": [0, 0, 20, 20], "area": 400, "iscrowd": 0},
-            {"id": 2, "image_id": 7, "category_id": 3, "bbox": [50, 0, 20, 20], "area": 400, "iscrowd": 0},
-            {"id": 3, "image_id": 7, "category_id": 5, "bbox": [100, 0, 20, 20], "area": 400, "iscrowd": 0},
-            {"id": 4, "image_id": 7, "category_id": 9, "bbox": [140, 40, 60, 60], "area": 3600, "iscrowd": 1},
-        ]})
+    return coco_from_dataset(
+        {
+            "images": [{"id": 7, "height": 100, "width": 200}],
+            "categories": [{"id": 3, "name": "cat"}, {"id": 5, "name": "dog"}, {"id": 9, "name": "person"}],
+            "annotations": [
+                {"id": 1, "image_id": 7, "category_id": 3, "bbox": [0, 0, 20, 20], "area": 400, "iscrowd": 0},
+                {"id": 2, "image_id": 7, "category_id": 3, "bbox": [50, 0, 20, 20], "area": 400, "iscrowd": 0},
+                {"id": 3, "image_id": 7, "category_id": 5, "bbox": [100, 0, 20, 20], "area": 400, "iscrowd": 0},
+                {"id": 4, "image_id": 7, "category_id": 9, "bbox": [140, 40, 60, 60], "area": 3600, "iscrowd": 1},
+            ],
+        }
+    )
 
 
 def _det(box, category, score):
@@ -32,19 +36,19 @@ def _det(box, category, score):
 def test_hand_built_cells():
     gt = _tiny_gt()
     detections = [
-        _det([0, 0, 20, 20], 3, 0.9),     # cat on cat: correct
-        _det([1, 0, 20, 20], 5, 0.8),     # dog on the same cat, lower score: cat already taken -> spurious dog
+        _det([0, 0, 20, 20], 3, 0.9),  # cat on cat: correct
+        _det([1, 0, 20, 20], 5, 0.8),  # dog on the same cat, lower score: cat already taken -> spurious dog
         _det([100, 0, 20, 20], 3, 0.95),  # cat on the dog: confusion [dog, cat]
         _det([150, 50, 20, 20], 9, 0.9),  # inside the crowd region: ignored
-        _det([0, 60, 20, 20], 9, 0.7),    # on nothing: spurious person
-        _det([50, 0, 20, 20], 3, 0.3),    # below the score threshold: not counted
+        _det([0, 60, 20, 20], 9, 0.7),  # on nothing: spurious person
+        _det([50, 0, 20, 20], 3, 0.3),  # below the score threshold: not counted
     ]
     result = detection_confusion(gt, detections, score_threshold=0.5, iou_threshold=0.5)
     cat, dog, person, bg = 0, 1, 2, 3
     expected = np.zeros((4, 4), dtype=np.int64)
     expected[cat, cat] = 1
     expected[dog, cat] = 1
-    expected[cat, bg] = 1          # the second cat is missed
+    expected[cat, bg] = 1  # the second cat is missed
     expected[bg, dog] = 1
     expected[bg, person] = 1
     np.testing.assert_array_equal(result.matrix, expected)
@@ -73,8 +77,13 @@ def val_gt(coco_tiny_dir):
 def test_class_swap_lands_in_its_cell_on_real_ground_truth(val_gt, iou_type):
     ids = {c["name"]: c["id"] for c in val_gt.loadCats(val_gt.getCatIds())}
     # Masks move with the jittered box, which loses tiny objects at mask IoU 0.5: no jitter there.
-    detections = simulate_detections(val_gt, seed=1, box_jitter=0.03 if iou_type == "bbox" else 0.0,
-                                     class_swaps={ids["dog"]: ids["cat"]}, with_masks=iou_type == "segm")
+    detections = simulate_detections(
+        val_gt,
+        seed=1,
+        box_jitter=0.03 if iou_type == "bbox" else 0.0,
+        class_swaps={ids["dog"]: ids["cat"]},
+        with_masks=iou_type == "segm",
+    )
     start = time.perf_counter()
     result = detection_confusion(val_gt, detections, iou_type=iou_type)
     elapsed = time.perf_counter() - start

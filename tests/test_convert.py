@@ -13,11 +13,11 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
+from official.vision.dataloaders.tf_example_decoder import TfExampleDecoder
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from official.vision.dataloaders.tf_example_decoder import TfExampleDecoder
 from tfmaskrcnn.data.convert import convert_coco
 from tfmaskrcnn.data.label_map import LabelMap
 
@@ -25,16 +25,20 @@ from tfmaskrcnn.data.label_map import LabelMap
 def read_examples(shards):
     """(Model Garden decoded dict as numpy, raw parsed extra keys) for every record, in shard order."""
     decoder = TfExampleDecoder(include_mask=True)
-    extra_keys = {"image/object/annotation_id": tf.io.VarLenFeature(tf.int64),
-                  "image/object/class/text": tf.io.VarLenFeature(tf.string),
-                  "image/encoded": tf.io.FixedLenFeature((), tf.string),
-                  "image/format": tf.io.FixedLenFeature((), tf.string)}
+    extra_keys = {
+        "image/object/annotation_id": tf.io.VarLenFeature(tf.int64),
+        "image/object/class/text": tf.io.VarLenFeature(tf.string),
+        "image/encoded": tf.io.FixedLenFeature((), tf.string),
+        "image/format": tf.io.FixedLenFeature((), tf.string),
+    }
     out = []
     for serialized in tf.data.TFRecordDataset([str(s) for s in shards]):
         decoded = {k: v.numpy() for k, v in decoder.decode(serialized).items()}
         extra = tf.io.parse_single_example(serialized, extra_keys)
-        extra = {k: (tf.sparse.to_dense(v).numpy() if isinstance(v, tf.SparseTensor) else v.numpy())
-                 for k, v in extra.items()}
+        extra = {
+            k: (tf.sparse.to_dense(v).numpy() if isinstance(v, tf.SparseTensor) else v.numpy())
+            for k, v in extra.items()
+        }
         out.append((decoded, extra))
     return out
 
@@ -48,8 +52,7 @@ def clipped_box(bbox, height, width):
 def converted_val(coco_tiny_dir, tmp_path_factory):
     output = tmp_path_factory.mktemp("coco_val")
     annotations = coco_tiny_dir / "annotations" / "instances_val2017.json"
-    report = convert_coco(str(annotations), str(coco_tiny_dir / "val2017"), str(output), num_shards=2,
-                          progress=False)
+    report = convert_coco(str(annotations), str(coco_tiny_dir / "val2017"), str(output), num_shards=2, progress=False)
     return annotations, output, report
 
 
@@ -58,7 +61,9 @@ def test_real_coco_subset_round_trips_through_model_garden_decoder(coco_tiny_dir
     coco = COCO(str(annotations))
     assert report.num_skipped == 0 and report.published
     assert sorted(p.name for p in output.glob("*.tfrecord")) == [
-        "instances_val2017-00000-of-00002.tfrecord", "instances_val2017-00001-of-00002.tfrecord"]
+        "instances_val2017-00000-of-00002.tfrecord",
+        "instances_val2017-00001-of-00002.tfrecord",
+    ]
 
     label_map = LabelMap.load(str(output / "label_map.json"))
     categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
@@ -111,9 +116,11 @@ def test_real_coco_subset_statistics_and_report(converted_val):
     for category_id, image_id in {(a["category_id"], a["image_id"]) for a in data["annotations"] if not a["iscrowd"]}:
         images_per_class[category_id] += 1
     assert {c["coco_id"]: c["instances"] for c in stats["classes"]} == {
-        c["id"]: per_class[c["id"]] for c in data["categories"]}
+        c["id"]: per_class[c["id"]] for c in data["categories"]
+    }
     assert {c["coco_id"]: c["images"] for c in stats["classes"]} == {
-        c["id"]: images_per_class[c["id"]] for c in data["categories"]}
+        c["id"]: images_per_class[c["id"]] for c in data["categories"]
+    }
     saved = json.loads((output / "conversion_report.json").read_text())
     assert saved["totals"] == {"images_in": 80, "images_out": 80, "annotations_in": 815, "annotations_out": 815}
     assert saved["skipped"] == {} and saved["converted"] == {} and saved["fixed"] == {}
@@ -157,24 +164,57 @@ def synthetic(tmp_path_factory):
     blob[8:10, 15:20] = 1
     compressed = mask_utils.encode(np.asfortranarray(blob))
     annotations = [
-        {"id": 11, "image_id": 1, "category_id": 5, "iscrowd": 0, "area": 0,
-         "segmentation": [rectangle(4, 4, 20, 16), rectangle(40, 6, 60, 26)], "bbox": [4, 4, 56, 22]},
-        {"id": 12, "image_id": 1, "category_id": 9, "iscrowd": 1, "area": 350.0,
-         "segmentation": uncompressed_rle(crowd_mask), "bbox": [5, 30, 55, 14]},
-        {"id": 21, "image_id": 2, "category_id": 5, "iscrowd": 0, "area": float(blob.sum()),
-         "segmentation": {"size": [30, 40], "counts": compressed["counts"].decode()}, "bbox": [15, 3, 18, 9]},
-        {"id": 22, "image_id": 2, "category_id": 9, "iscrowd": 0, "area": 50.0,
-         # The second part has two points only: dropped, the first part kept.
-         "segmentation": [rectangle(2, 15, 12, 25), [1, 1, 3, 3]], "bbox": [2, 15, 10, 10]},
+        {
+            "id": 11,
+            "image_id": 1,
+            "category_id": 5,
+            "iscrowd": 0,
+            "area": 0,
+            "segmentation": [rectangle(4, 4, 20, 16), rectangle(40, 6, 60, 26)],
+            "bbox": [4, 4, 56, 22],
+        },
+        {
+            "id": 12,
+            "image_id": 1,
+            "category_id": 9,
+            "iscrowd": 1,
+            "area": 350.0,
+            "segmentation": uncompressed_rle(crowd_mask),
+            "bbox": [5, 30, 55, 14],
+        },
+        {
+            "id": 21,
+            "image_id": 2,
+            "category_id": 5,
+            "iscrowd": 0,
+            "area": float(blob.sum()),
+            "segmentation": {"size": [30, 40], "counts": compressed["counts"].decode()},
+            "bbox": [15, 3, 18, 9],
+        },
+        {
+            "id": 22,
+            "image_id": 2,
+            "category_id": 9,
+            "iscrowd": 0,
+            "area": 50.0,
+            # The second part has two points only: dropped, the first part kept.
+            "segmentation": [rectangle(2, 15, 12, 25), [1, 1, 3, 3]],
+            "bbox": [2, 15, 10, 10],
+        },
     ]
-    data = {"images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 48},
-                       {"id": 2, "file_name": "b.jpg", "width": 40, "height": 30},
-                       {"id": 3, "file_name": "empty.png", "width": 20, "height": 20}],
-            "annotations": annotations,
-            "categories": [{"id": 9, "name": "dog"}, {"id": 5, "name": "cat"}]}
+    data = {
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": 64, "height": 48},
+            {"id": 2, "file_name": "b.jpg", "width": 40, "height": 30},
+            {"id": 3, "file_name": "empty.png", "width": 20, "height": 20},
+        ],
+        "annotations": annotations,
+        "categories": [{"id": 9, "name": "dog"}, {"id": 5, "name": "cat"}],
+    }
     (root / "shapes.json").write_text(json.dumps(data))
-    report = convert_coco(str(root / "shapes.json"), str(root / "images"), str(root / "out"), num_shards=2,
-                          workers=2, progress=False)
+    report = convert_coco(
+        str(root / "shapes.json"), str(root / "images"), str(root / "out"), num_shards=2, workers=2, progress=False
+    )
     return root, data, report, {"crowd": crowd_mask, "blob": blob}
 
 
@@ -212,20 +252,25 @@ def test_synthetic_segmentation_encodings(synthetic):
     assert stats["num_images"] == 3 and stats["num_instances"] == 3 and stats["num_crowd"] == 1
     assert stats["images_without_instances"] == 1
     assert [(c["name"], c["coco_id"], c["instances"], c["images"]) for c in stats["classes"]] == [
-        ("cat", 5, 2, 2), ("dog", 9, 1, 1)]
+        ("cat", 5, 2, 2),
+        ("dog", 9, 1, 1),
+    ]
 
 
 def test_rerun_is_deterministic_and_replaces_stale_shards(synthetic, tmp_path):
     root, _, _, _ = synthetic
     output = tmp_path / "out"
-    convert_coco(str(root / "shapes.json"), str(root / "images"), str(output), num_shards=3, workers=2,
-                 progress=False)
+    convert_coco(str(root / "shapes.json"), str(root / "images"), str(output), num_shards=3, workers=2, progress=False)
     (output / "unrelated-00000-of-00001.tfrecord").write_bytes(b"")  # other prefix: left alone
-    convert_coco(str(root / "shapes.json"), str(root / "images"), str(output), num_shards=2, workers=1,
-                 progress=False)
+    convert_coco(str(root / "shapes.json"), str(root / "images"), str(output), num_shards=2, workers=1, progress=False)
     assert sorted(p.name for p in output.iterdir()) == [
-        "conversion_report.json", "dataset_stats.json", "label_map.json",
-        "shapes-00000-of-00002.tfrecord", "shapes-00001-of-00002.tfrecord", "unrelated-00000-of-00001.tfrecord"]
+        "conversion_report.json",
+        "dataset_stats.json",
+        "label_map.json",
+        "shapes-00000-of-00002.tfrecord",
+        "shapes-00001-of-00002.tfrecord",
+        "unrelated-00000-of-00001.tfrecord",
+    ]
     for name in ("shapes-00000-of-00002.tfrecord", "shapes-00001-of-00002.tfrecord"):
         assert (output / name).read_bytes() == (root / "out" / name).read_bytes()  # 1 or 2 workers: same bytes
 

@@ -29,9 +29,15 @@ def square(x0=4, y0=4, x1=14, y1=14):
 
 
 def ann(ann_id, image_id, category_id=1, bbox=(4, 4, 10, 10), segmentation="square", **extra):
-    record = {"id": ann_id, "image_id": image_id, "category_id": category_id, "iscrowd": 0, "area": 100.0,
-              "bbox": list(bbox) if bbox is not None else None,
-              "segmentation": square() if segmentation == "square" else segmentation}
+    record = {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "iscrowd": 0,
+        "area": 100.0,
+        "bbox": list(bbox) if bbox is not None else None,
+        "segmentation": square() if segmentation == "square" else segmentation,
+    }
     record.update(extra)
     return record
 
@@ -100,39 +106,86 @@ def bad_dataset(tmp_path_factory):
         ann(111, 1, segmentation=square() + [[0, 0, 1, 1]]),  # one part dropped, one kept
         ann(112, 1, category_id="1"),
         ann(113, 1, segmentation={"size": [H, W], "counts": "0Q9"}),  # damaged compressed RLE
-        ann(114, 1, category_id=3, iscrowd=1,
-            segmentation={"size": [H, W], "counts": [100, 50, H * W - 150]}),  # crowd of class "background"
-        ann(200, 2), ann(300, 3), ann(400, 4), ann(500, 5), ann(600, 6), ann(700, 7), ann(800, 8),
+        ann(
+            114, 1, category_id=3, iscrowd=1, segmentation={"size": [H, W], "counts": [100, 50, H * W - 150]}
+        ),  # crowd of class "background"
+        ann(200, 2),
+        ann(300, 3),
+        ann(400, 4),
+        ann(500, 5),
+        ann(600, 6),
+        ann(700, 7),
+        ann(800, 8),
         ann(900, 9, category_id=2),
         ann(1000, 10, bbox=(4, 4, 10, 0)),  # the negative image's only annotation: skipped, image kept
-        ann(2000, 20), ann(2100, 21), ann(2101, 21), ann(2200, 22), ann(2300, 23), ann(2400, 24),
+        ann(2000, 20),
+        ann(2100, 21),
+        ann(2101, 21),
+        ann(2200, 22),
+        ann(2300, 23),
+        ann(2400, 24),
     ]
     categories = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "background"}]
-    (root / "bad.json").write_text(json.dumps({"images": image_list, "annotations": annotations,
-                                               "categories": categories}))
+    (root / "bad.json").write_text(
+        json.dumps({"images": image_list, "annotations": annotations, "categories": categories})
+    )
     return root
 
 
 EXPECTED_COUNTS = {
-    "image_missing": 1, "image_corrupt": 1, "image_unsupported_mode": 1, "image_size_mismatch": 1,
-    "duplicate_image_id": 1, "file_name_escapes_image_dir": 2, "image_record_invalid": 1,
+    "image_missing": 1,
+    "image_corrupt": 1,
+    "image_unsupported_mode": 1,
+    "image_size_mismatch": 1,
+    "duplicate_image_id": 1,
+    "file_name_escapes_image_dir": 2,
+    "image_record_invalid": 1,
     "annotation_of_skipped_image": 6,  # 2000, 2100, 2101, 2200, 2300, 2400
-    "annotation_unknown_image": 1, "annotation_unknown_category": 1, "category_id_zero": 1,
-    "duplicate_annotation_id": 1, "annotation_record_invalid": 1,
-    "box_degenerate": 2, "box_invalid": 1, "polygon_too_few_points": 1, "mask_empty": 1,
-    "segmentation_missing": 1, "segmentation_invalid": 2,
-    "grayscale_converted": 1, "rgba_converted": 1, "cmyk_converted": 1, "16bit_converted": 1,
-    "palette_converted": 1, "format_converted": 1,
-    "box_out_of_bounds_clipped": 1, "polygon_part_dropped": 1, "image_size_missing": 1,
+    "annotation_unknown_image": 1,
+    "annotation_unknown_category": 1,
+    "category_id_zero": 1,
+    "duplicate_annotation_id": 1,
+    "annotation_record_invalid": 1,
+    "box_degenerate": 2,
+    "box_invalid": 1,
+    "polygon_too_few_points": 1,
+    "mask_empty": 1,
+    "segmentation_missing": 1,
+    "segmentation_invalid": 2,
+    "grayscale_converted": 1,
+    "rgba_converted": 1,
+    "cmyk_converted": 1,
+    "16bit_converted": 1,
+    "palette_converted": 1,
+    "format_converted": 1,
+    "box_out_of_bounds_clipped": 1,
+    "polygon_part_dropped": 1,
+    "image_size_missing": 1,
 }
-VALID_IMAGES = {1: [100, 101, 111, 114], 2: [200], 3: [300], 4: [400], 5: [500], 6: [600], 7: [700],
-                8: [800], 9: [900], 10: []}
+VALID_IMAGES = {
+    1: [100, 101, 111, 114],
+    2: [200],
+    3: [300],
+    4: [400],
+    5: [500],
+    6: [600],
+    7: [700],
+    8: [800],
+    9: [900],
+    10: [],
+}
 
 
 @pytest.fixture(scope="module")
 def converted(bad_dataset):
-    report = convert_coco(str(bad_dataset / "bad.json"), str(bad_dataset / "images"), str(bad_dataset / "out"),
-                          num_shards=2, workers=2, progress=False)
+    report = convert_coco(
+        str(bad_dataset / "bad.json"),
+        str(bad_dataset / "images"),
+        str(bad_dataset / "out"),
+        num_shards=2,
+        workers=2,
+        progress=False,
+    )
     return report
 
 
@@ -141,17 +194,20 @@ def converted_output(report):
 
 
 def read_records(output):
-    keys = {"image/source_id": tf.io.FixedLenFeature((), tf.string),
-            "image/encoded": tf.io.FixedLenFeature((), tf.string),
-            "image/format": tf.io.FixedLenFeature((), tf.string),
-            "image/object/annotation_id": tf.io.VarLenFeature(tf.int64),
-            "image/object/bbox/xmax": tf.io.VarLenFeature(tf.float32),
-            "image/object/is_crowd": tf.io.VarLenFeature(tf.int64)}
+    keys = {
+        "image/source_id": tf.io.FixedLenFeature((), tf.string),
+        "image/encoded": tf.io.FixedLenFeature((), tf.string),
+        "image/format": tf.io.FixedLenFeature((), tf.string),
+        "image/object/annotation_id": tf.io.VarLenFeature(tf.int64),
+        "image/object/bbox/xmax": tf.io.VarLenFeature(tf.float32),
+        "image/object/is_crowd": tf.io.VarLenFeature(tf.int64),
+    }
     records = {}
     for serialized in tf.data.TFRecordDataset(sorted(str(p) for p in output.glob("*.tfrecord"))):
         parsed = tf.io.parse_single_example(serialized, keys)
-        parsed = {k: (tf.sparse.to_dense(v) if isinstance(v, tf.SparseTensor) else v).numpy()
-                  for k, v in parsed.items()}
+        parsed = {
+            k: (tf.sparse.to_dense(v) if isinstance(v, tf.SparseTensor) else v).numpy() for k, v in parsed.items()
+        }
         records[int(parsed["image/source_id"])] = parsed
     return records
 
@@ -163,8 +219,12 @@ def test_every_reason_is_counted_exactly(converted):
     skipped_annotations = sum(n for r, n in EXPECTED_COUNTS.items() if REASONS[r][0] == "annotation_skipped")
     skipped_images = sum(n for r, n in EXPECTED_COUNTS.items() if REASONS[r][0] == "image_skipped")
     # every input record is either written or skipped for exactly one reason
-    assert saved["totals"] == {"images_in": 18, "images_out": 18 - skipped_images,
-                               "annotations_in": 31, "annotations_out": 31 - skipped_annotations}
+    assert saved["totals"] == {
+        "images_in": 18,
+        "images_out": 18 - skipped_images,
+        "annotations_in": 31,
+        "annotations_out": 31 - skipped_annotations,
+    }
     assert saved["totals"]["images_out"] == len(VALID_IMAGES)
     assert saved["totals"]["annotations_out"] == sum(len(a) for a in VALID_IMAGES.values())
     assert saved["converted"]["cmyk_converted"] == 1 and saved["fixed"]["box_out_of_bounds_clipped"] == 1
@@ -202,8 +262,17 @@ def test_converted_images_are_8bit_rgb(converted, bad_dataset):
 
 def test_strict_cli_fails_and_publishes_nothing(bad_dataset, capsys):
     output = bad_dataset / "strict_out"
-    argv = ["convert", "--annotations", str(bad_dataset / "bad.json"), "--images", str(bad_dataset / "images"),
-            "--output", str(output), "--strict", "--no-progress"]
+    argv = [
+        "convert",
+        "--annotations",
+        str(bad_dataset / "bad.json"),
+        "--images",
+        str(bad_dataset / "images"),
+        "--output",
+        str(output),
+        "--strict",
+        "--no-progress",
+    ]
     assert cli.main(argv) == 1
     printed = capsys.readouterr().out
     assert "image_missing" in printed and "shards NOT written" in printed
@@ -218,8 +287,17 @@ def test_strict_accepts_conversions_and_fixes(bad_dataset, tmp_path):
     data["images"] = [i for i in data["images"] if i.get("id") in (2, 5, 9)]  # converted / size-filled images
     data["annotations"] = [a for a in data["annotations"] if a["id"] in (200, 500, 900)]
     (tmp_path / "clean.json").write_text(json.dumps(data))
-    argv = ["convert", "--annotations", str(tmp_path / "clean.json"), "--images", str(bad_dataset / "images"),
-            "--output", str(tmp_path / "out"), "--strict", "--no-progress"]
+    argv = [
+        "convert",
+        "--annotations",
+        str(tmp_path / "clean.json"),
+        "--images",
+        str(bad_dataset / "images"),
+        "--output",
+        str(tmp_path / "out"),
+        "--strict",
+        "--no-progress",
+    ]
     assert cli.main(argv) == 0
     assert len(list((tmp_path / "out").glob("clean-*.tfrecord"))) == 1
 
@@ -230,11 +308,14 @@ def test_background_named_category_warns(bad_dataset, tmp_path, caplog):
     assert "'background'" in caplog.text
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{\"images\": [", "not valid JSON at line 1"),
-    (json.dumps({"images": [], "annotations": []}), "\"categories\" must be a list"),
-    (json.dumps({"images": [], "annotations": [], "categories": [{"id": 0, "name": "cat"}]}), "reserves"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"images": [', "not valid JSON at line 1"),
+        (json.dumps({"images": [], "annotations": []}), '"categories" must be a list'),
+        (json.dumps({"images": [], "annotations": [], "categories": [{"id": 0, "name": "cat"}]}), "reserves"),
+    ],
+)
 def test_unusable_annotation_files_raise_naming_the_file(tmp_path, content, message):
     path = tmp_path / "broken.json"
     path.write_text(content)
@@ -247,7 +328,14 @@ def test_unusable_annotation_files_raise_naming_the_file(tmp_path, content, mess
 def test_missing_image_directory_fails_fast(bad_dataset, tmp_path, capsys):
     with pytest.raises(ConversionError, match="--images"):
         convert_coco(str(bad_dataset / "bad.json"), str(tmp_path / "nope"), str(tmp_path / "out"))
-    argv = ["convert", "--annotations", str(bad_dataset / "bad.json"), "--images", str(tmp_path / "nope"),
-            "--output", str(tmp_path / "out")]
+    argv = [
+        "convert",
+        "--annotations",
+        str(bad_dataset / "bad.json"),
+        "--images",
+        str(tmp_path / "nope"),
+        "--output",
+        str(tmp_path / "out"),
+    ]
     assert cli.main(argv) == 2
     assert "does not exist" in capsys.readouterr().err

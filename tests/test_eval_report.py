@@ -9,14 +9,29 @@ import json
 
 import numpy as np
 import pytest
+from simulated_detections import simulate_detections
 
 from tfmaskrcnn import cli
 from tfmaskrcnn.evaluation import report
-from tfmaskrcnn.evaluation.cli import evaluate
-from tfmaskrcnn.evaluation.groundtruth import coco_from_dataset, directory_image_loader, simulate_detections
+from tfmaskrcnn.evaluation.evaluate import evaluate
+from tfmaskrcnn.evaluation.groundtruth import coco_from_dataset, directory_image_loader
 
-EXPECTED_COLUMNS = ["class", "class_id", "gt_instances", "gt_images", "bbox_AP", "bbox_AP50", "bbox_AP75",
-                    "mask_AP", "mask_AP50", "mask_AP75", "precision", "recall", "f1", "predicted"]
+EXPECTED_COLUMNS = [
+    "class",
+    "class_id",
+    "gt_instances",
+    "gt_images",
+    "bbox_AP",
+    "bbox_AP50",
+    "bbox_AP75",
+    "mask_AP",
+    "mask_AP50",
+    "mask_AP75",
+    "precision",
+    "recall",
+    "f1",
+    "predicted",
+]
 
 
 def _no_nan(constant):
@@ -46,10 +61,18 @@ def two_runs(small_val, tmp_path_factory):
     collapsed = [dict(d, category_id=person) for d in healthy]
     first, second = tmp_path_factory.mktemp("healthy"), tmp_path_factory.mktemp("collapsed")
     loader = directory_image_loader(coco_gt, str(image_dir))
-    healthy_metrics = evaluate(coco_gt, healthy, output_dir=str(first), image_loader=loader, images_per_class=1,
-                               progress=False)
-    collapsed_metrics = evaluate(coco_gt, collapsed, output_dir=str(second), compare_dir=str(first),
-                                 image_loader=loader, images_per_class=1, progress=False)
+    healthy_metrics = evaluate(
+        coco_gt, healthy, output_dir=str(first), image_loader=loader, images_per_class=1, progress=False
+    )
+    collapsed_metrics = evaluate(
+        coco_gt,
+        collapsed,
+        output_dir=str(second),
+        compare_dir=str(first),
+        image_loader=loader,
+        images_per_class=1,
+        progress=False,
+    )
     return first, second, healthy_metrics, collapsed_metrics, coco_gt
 
 
@@ -98,11 +121,12 @@ def test_compare_deltas(two_runs):
             assert entry["delta"] == (None if this is None or other is None else pytest.approx(this - other))
     assert on_disk["compare"]["per_class"]["cup"]["bbox_AP"]["delta"] < 0
     assert on_disk["compare"]["overall"]["bbox"]["AP"]["delta"] == pytest.approx(
-        collapsed["overall"]["bbox"]["AP"] - healthy["overall"]["bbox"]["AP"])
+        collapsed["overall"]["bbox"]["AP"] - healthy["overall"]["bbox"]["AP"]
+    )
 
     with open(second / "per_class.csv") as f:
         rows = {r["class"]: r for r in csv.DictReader(f)}
-    assert list(rows["person"].keys())[:len(EXPECTED_COLUMNS)] == EXPECTED_COLUMNS
+    assert list(rows["person"].keys())[: len(EXPECTED_COLUMNS)] == EXPECTED_COLUMNS
     expected = collapsed["per_class"]["cup"]["bbox_AP"] - healthy["per_class"]["cup"]["bbox_AP"]
     assert float(rows["cup"]["delta_bbox_AP"]) == pytest.approx(expected, abs=1e-6)
     assert float(rows["cup"]["other_bbox_AP"]) == pytest.approx(healthy["per_class"]["cup"]["bbox_AP"], abs=1e-6)
@@ -133,7 +157,7 @@ def test_command_line_errors_name_the_problem(small_val, tmp_path, capsys):
     error = capsys.readouterr().err
     assert "results.json" in error and "detection #0" in error and "bbox" in error
 
-    if importlib.util.find_spec("tfmaskrcnn.evaluation.inference") is None:
+    if importlib.util.find_spec("tfmaskrcnn.serving.detector") is None:
         code = cli.main(["eval", "--model_dir", str(tmp_path), "--data", str(gt_path), "--output", str(tmp_path / "o")])
         assert code == 2 and "not available yet" in capsys.readouterr().err
 
@@ -160,7 +184,8 @@ def _example(image_id, height, width, boxes, classes, masks):
     feature = {
         "image/encoded": strings([png(np.full((height, width, 3), 128))]),
         "image/source_id": strings([str(image_id).encode()]),
-        "image/height": ints([height]), "image/width": ints([width]),
+        "image/height": ints([height]),
+        "image/width": ints([width]),
         "image/object/bbox/xmin": floats(boxes[:, 0] / width),
         "image/object/bbox/ymin": floats(boxes[:, 1] / height),
         "image/object/bbox/xmax": floats((boxes[:, 0] + boxes[:, 2]) / width),
@@ -186,8 +211,18 @@ def test_tfrecord_ground_truth_uses_contiguous_ids_and_label_map_names(tmp_path)
         writer.write(_example(5, 40, 60, [[20, 10, 30, 20]], [2], [mask]))
         writer.write(_example(9, 40, 60, [[20, 10, 30, 20], [0, 0, 10, 10]], [1, 2], [mask, mask * 0]))
     out = tmp_path / "out"
-    code = cli.main(["eval", "--detections", str(_tfrecord_results(tmp_path)),
-                     "--data", str(tmp_path / "val-*.tfrecord"), "--output", str(out), "--quiet"])
+    code = cli.main(
+        [
+            "eval",
+            "--detections",
+            str(_tfrecord_results(tmp_path)),
+            "--data",
+            str(tmp_path / "val-*.tfrecord"),
+            "--output",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["per_class"]["square"]["class_id"] == 2 and metrics["per_class"]["square"]["gt_instances"] == 2
@@ -195,8 +230,10 @@ def test_tfrecord_ground_truth_uses_contiguous_ids_and_label_map_names(tmp_path)
     assert metrics["per_class"]["square"]["recall"] == pytest.approx(0.5)
 
     from tfmaskrcnn.data.label_map import LabelMap as Map
-    coco_gt = coco_from_tfrecords(str(tmp_path / "*.tfrecord"), Map.load(str(tmp_path / "label_map.json")),
-                                  progress=False)
+
+    coco_gt = coco_from_tfrecords(
+        str(tmp_path / "*.tfrecord"), Map.load(str(tmp_path / "label_map.json")), progress=False
+    )
     assert [c["name"] for c in coco_gt.loadCats([1, 2])] == ["circle", "square"]
     ann = coco_gt.imgToAnns[5][0]
     assert ann["bbox"] == pytest.approx([20, 10, 30, 20], abs=1e-3)
@@ -207,8 +244,10 @@ def test_tfrecord_ground_truth_uses_contiguous_ids_and_label_map_names(tmp_path)
 
 def _tfrecord_results(tmp_path):
     """Circle found; of the two squares only the one on image 5 is found."""
-    results = [{"image_id": 5, "category_id": 2, "bbox": [20, 10, 30, 20], "score": 0.9},
-               {"image_id": 9, "category_id": 1, "bbox": [20, 10, 30, 20], "score": 0.8}]
+    results = [
+        {"image_id": 5, "category_id": 2, "bbox": [20, 10, 30, 20], "score": 0.9},
+        {"image_id": 9, "category_id": 1, "bbox": [20, 10, 30, 20], "score": 0.8},
+    ]
     path = tmp_path / "results.json"
     path.write_text(json.dumps(results))
     return path

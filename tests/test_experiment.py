@@ -2,8 +2,8 @@
 
 import pytest
 
-from tfmaskrcnn import experiment
 from tfmaskrcnn.data.label_map import LabelMap
+from tfmaskrcnn.tasks import config_resolution as experiment
 
 
 def test_num_classes_is_derived_from_the_label_map(shapes_records, tiny_experiment):

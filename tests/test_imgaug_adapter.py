@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from test_augment import SIGNATURE, assert_instances_aligned, make_example
-from tfmaskrcnn.data import imgaug_adapter
+
+from tfmaskrcnn.augment import imgaug_adapter
 
 try:
     imgaug_adapter.require_imgaug()
@@ -33,10 +33,14 @@ def test_missing_imgaug_names_the_extra_to_install():
 
 def geometric_pipeline():
     iaa = imgaug_adapter.require_imgaug()
-    return iaa.Sequential([
-        iaa.Fliplr(0.5), iaa.Flipud(0.5), iaa.Rot90((0, 3), keep_size=False),
-        iaa.Affine(scale=(0.6, 1.6), rotate=(-30, 30), shear=(-10, 10), translate_percent=(-0.2, 0.2), order=1),
-    ])
+    return iaa.Sequential(
+        [
+            iaa.Fliplr(0.5),
+            iaa.Flipud(0.5),
+            iaa.Rot90((0, 3), keep_size=False),
+            iaa.Affine(scale=(0.6, 1.6), rotate=(-30, 30), shear=(-10, 10), translate_percent=(-0.2, 0.2), order=1),
+        ]
+    )
 
 
 @needs_imgaug
@@ -47,12 +51,14 @@ def test_geometric_pipeline_keeps_masks_boxes_classes_and_extras_aligned():
     for seed in range(40):
         image, boxes, masks, classes, extras = make_example(rng)
         out_image, out_boxes, out_masks, out_classes, out_extras = tf.nest.map_structure(
-            lambda t: t.numpy(), fn(image, boxes, masks, classes, extras, [seed, 3]))
+            lambda t: t.numpy(), fn(image, boxes, masks, classes, extras, [seed, 3])
+        )
         n = len(out_classes)
         h, w = out_image.shape[:2]
         assert out_image.dtype == np.uint8 and out_masks.shape == (n, h, w) and out_boxes.shape == (n, 4)
-        assert_instances_aligned(extras, out_image, out_boxes, out_masks, out_classes, out_extras,
-                                 where=f"imgaug seed {seed}")
+        assert_instances_aligned(
+            extras, out_image, out_boxes, out_masks, out_classes, out_extras, where=f"imgaug seed {seed}"
+        )
 
 
 @needs_imgaug
@@ -79,8 +85,9 @@ def test_boxes_only_and_parallel_tf_data_map():
 
     examples = [make_example(np.random.default_rng(s)) for s in range(8)]
     ds = tf.data.Dataset.from_generator(lambda: iter(examples), output_signature=tuple(SIGNATURE[:5]))
-    ds = ds.map(lambda i, b, m, c, e: imgaug_adapter.ImgaugAugmenter(geometric_pipeline())(i, b, m, c, e),
-                num_parallel_calls=4)
+    ds = ds.map(
+        lambda i, b, m, c, e: imgaug_adapter.ImgaugAugmenter(geometric_pipeline())(i, b, m, c, e), num_parallel_calls=4
+    )
     for out_image, out_boxes, out_masks, out_classes, out_extras in ds.as_numpy_iterator():
         assert len(out_boxes) == len(out_masks) == len(out_classes) == len(out_extras["tag"])
         np.testing.assert_array_equal(out_extras["tag"] // 100, out_classes)

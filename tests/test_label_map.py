@@ -40,15 +40,18 @@ def test_to_contiguous_names_the_unknown_coco_id():
         LabelMap.from_coco_categories(CATEGORIES).to_contiguous(2)
 
 
-@pytest.mark.parametrize("categories, message", [
-    ([{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}], "id 0, which Mask R-CNN reserves for background"),
-    ([{"id": 1, "name": "cat"}, {"id": 1, "name": "dog"}], "COCO id 1 appears more than once"),
-    ([{"id": 1, "name": "cat"}, {"id": 2, "name": "cat"}], "class name 'cat' appears more than once"),
-    ([{"id": 1, "name": "  "}], "empty name"),
-    ([{"id": "1", "name": "cat"}], "must be integers"),
-    ([{"name": "cat"}], "needs an \"id\""),
-    ([], "non-empty list"),
-])
+@pytest.mark.parametrize(
+    "categories, message",
+    [
+        ([{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}], "id 0, which Mask R-CNN reserves for background"),
+        ([{"id": 1, "name": "cat"}, {"id": 1, "name": "dog"}], "COCO id 1 appears more than once"),
+        ([{"id": 1, "name": "cat"}, {"id": 2, "name": "cat"}], "class name 'cat' appears more than once"),
+        ([{"id": 1, "name": "  "}], "empty name"),
+        ([{"id": "1", "name": "cat"}], "must be integers"),
+        ([{"name": "cat"}], 'needs an "id"'),
+        ([], "non-empty list"),
+    ],
+)
 def test_from_coco_categories_errors(categories, message):
     with pytest.raises(ValueError, match=message):
         LabelMap.from_coco_categories(categories)
@@ -77,15 +80,18 @@ def _write(tmp_path, classes, **extra):
     return str(path)
 
 
-@pytest.mark.parametrize("classes, message", [
-    ([{"id": 1, "name": "a"}, {"id": 3, "name": "b"}], r"contiguous 1\.\.2.*missing \[2\]"),
-    ([{"id": 2, "name": "a"}], r"contiguous 1\.\.1"),
-    ([{"id": 0, "name": "a"}, {"id": 1, "name": "b"}], "reserved for background"),
-    ([{"id": 1, "name": "a"}, {"id": 1, "name": "b"}], "class id 1 appears twice"),
-    ([{"id": 1, "name": "a"}, {"id": 2, "name": "a"}], "class name 'a' appears more than once"),
-    ([{"id": 1, "name": "a", "coco_id": 5}, {"id": 2, "name": "b", "coco_id": 5}], "COCO id 5"),
-    ([], "non-empty list"),
-])
+@pytest.mark.parametrize(
+    "classes, message",
+    [
+        ([{"id": 1, "name": "a"}, {"id": 3, "name": "b"}], r"contiguous 1\.\.2.*missing \[2\]"),
+        ([{"id": 2, "name": "a"}], r"contiguous 1\.\.1"),
+        ([{"id": 0, "name": "a"}, {"id": 1, "name": "b"}], "reserved for background"),
+        ([{"id": 1, "name": "a"}, {"id": 1, "name": "b"}], "class id 1 appears twice"),
+        ([{"id": 1, "name": "a"}, {"id": 2, "name": "a"}], "class name 'a' appears more than once"),
+        ([{"id": 1, "name": "a", "coco_id": 5}, {"id": 2, "name": "b", "coco_id": 5}], "COCO id 5"),
+        ([], "non-empty list"),
+    ],
+)
 def test_load_errors_name_the_file(tmp_path, classes, message):
     path = _write(tmp_path, classes)
     with pytest.raises(ValueError, match=message) as error:

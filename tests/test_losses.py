@@ -138,8 +138,11 @@ def test_focal_gradient_matches_finite_differences():
     weights = [0.5, 1.0, 2.0, 3.0]
 
     def loss_of(values):
-        return float(losses.weighted_classification_loss(
-            tf.constant(values), targets, weights, loss_type="sigmoid_focal", focal_alpha=0.25, focal_gamma=2.0))
+        return float(
+            losses.weighted_classification_loss(
+                tf.constant(values), targets, weights, loss_type="sigmoid_focal", focal_alpha=0.25, focal_gamma=2.0
+            )
+        )
 
     with tf.GradientTape() as tape:
         tape.watch(logits)
@@ -159,7 +162,8 @@ def test_focal_gradient_matches_finite_differences():
 def test_focal_with_gamma_zero_is_alpha_scaled_binary_cross_entropy():
     logits, targets = _batch(seed=5)
     focal = losses.weighted_classification_loss(
-        logits, targets, [1.0] * 4, normalization="mean", loss_type="sigmoid_focal", focal_alpha=0.5, focal_gamma=0.0)
+        logits, targets, [1.0] * 4, normalization="mean", loss_type="sigmoid_focal", focal_alpha=0.5, focal_gamma=0.0
+    )
     # Model Garden's binary loss averages over RoIs and the 4 class columns.
     binary = maskrcnn_losses.FastrcnnClassLoss(use_binary_cross_entropy=True)(logits, targets)
     assert float(focal) == pytest.approx(0.5 * 4 * float(binary), rel=1e-5)
@@ -168,8 +172,14 @@ def test_focal_with_gamma_zero_is_alpha_scaled_binary_cross_entropy():
 def test_focal_down_weights_easy_examples():
     logits = tf.constant([[[8.0, -8.0], [-8.0, 8.0], [0.0, 0.0]]])
     targets = tf.constant([[0.0, 1.0, 1.0]])
-    per_roi = [float(losses.weighted_classification_loss(logits[:, i:i + 1], targets[:, i:i + 1], [1.0, 1.0],
-                                                         loss_type="sigmoid_focal")) for i in range(3)]
+    per_roi = [
+        float(
+            losses.weighted_classification_loss(
+                logits[:, i : i + 1], targets[:, i : i + 1], [1.0, 1.0], loss_type="sigmoid_focal"
+            )
+        )
+        for i in range(3)
+    ]
     assert per_roi[0] < 1e-6 and per_roi[1] < 1e-6 and per_roi[2] > 0.05
 
 
@@ -178,7 +188,8 @@ def test_mixed_precision_inputs_give_a_float32_loss():
     full = losses.weighted_classification_loss(logits, targets, [1.0, 2.0, 3.0, 4.0])
     for dtype in (tf.float16, tf.bfloat16):
         half = losses.weighted_classification_loss(
-            tf.cast(logits, dtype), tf.cast(targets, dtype), [1.0, 2.0, 3.0, 4.0])
+            tf.cast(logits, dtype), tf.cast(targets, dtype), [1.0, 2.0, 3.0, 4.0]
+        )
         assert half.dtype == tf.float32
         assert float(half) == pytest.approx(float(full), rel=2e-2)
 

@@ -10,9 +10,10 @@ import json
 import numpy as np
 import pytest
 from pycocotools.cocoeval import COCOeval
+from simulated_detections import simulate_detections
 
 from tfmaskrcnn.evaluation import per_class
-from tfmaskrcnn.evaluation.groundtruth import coco_from_dataset, simulate_detections
+from tfmaskrcnn.evaluation.groundtruth import coco_from_dataset
 
 UNSEEN_CATEGORY = {"id": 1000, "name": "unicorn", "supercategory": "none"}
 
@@ -31,11 +32,18 @@ def perturbed(val_gt):
     """Dropped objects, dog->cat and car->truck swaps, jitter, duplicates and false positives."""
     name_to_id = {c["name"]: c["id"] for c in val_gt.loadCats(val_gt.getCatIds())}
     detections = simulate_detections(
-        val_gt, seed=3, drop_rate=0.2, box_jitter=0.08, copies=2, false_positives_per_image=3,
-        class_swaps={name_to_id["dog"]: name_to_id["cat"], name_to_id["car"]: name_to_id["truck"]})
+        val_gt,
+        seed=3,
+        drop_rate=0.2,
+        box_jitter=0.08,
+        copies=2,
+        false_positives_per_image=3,
+        class_swaps={name_to_id["dog"]: name_to_id["cat"], name_to_id["car"]: name_to_id["truck"]},
+    )
     some_image = val_gt.getImgIds()[0]
-    detections.append({**copy.deepcopy(detections[0]), "image_id": some_image,
-                       "category_id": UNSEEN_CATEGORY["id"], "score": 0.9})
+    detections.append(
+        {**copy.deepcopy(detections[0]), "image_id": some_image, "category_id": UNSEEN_CATEGORY["id"], "score": 0.9}
+    )
     with contextlib.redirect_stdout(io.StringIO()):
         return detections, val_gt.loadRes(copy.deepcopy(detections))
 
@@ -95,7 +103,9 @@ def test_absent_class_is_none_not_zero():
 def test_named_metrics_use_class_names_and_skip_absent():
     flat = per_class.named_per_class_metrics(
         {1: {"AP": 0.5, "AP50": 0.7, "AP75": None, "AR100": 0.6}, 2: dict.fromkeys(per_class.PER_CLASS_METRICS)},
-        {1: "circle", 2: "square"}, "mask")
+        {1: "circle", 2: "square"},
+        "mask",
+    )
     assert flat == {"mask_AP/circle": 0.5, "mask_AP50/circle": 0.7, "mask_AR100/circle": 0.6}
 
 
@@ -127,11 +137,17 @@ def _batch(source_ids, gt_boxes, gt_classes, det_boxes, det_classes, det_scores,
         for k, (box, label) in enumerate(zip(image_boxes, image_classes)):
             boxes[b, k], classes[b, k] = box, label
             mask = np.zeros((size, size), np.uint8)
-            mask[box[0]:box[2], box[1]:box[3]] = 1
+            mask[box[0] : box[2], box[1] : box[3]] = 1
             masks[b, k] = _png(mask)
-    groundtruths = {"source_id": tf.constant(source_ids, tf.int64), "height": tf.constant([size] * batch),
-                    "width": tf.constant([size] * batch), "num_detections": tf.constant([len(g) for g in gt_boxes]),
-                    "boxes": tf.constant(boxes), "classes": tf.constant(classes), "masks": tf.constant(masks)}
+    groundtruths = {
+        "source_id": tf.constant(source_ids, tf.int64),
+        "height": tf.constant([size] * batch),
+        "width": tf.constant([size] * batch),
+        "num_detections": tf.constant([len(g) for g in gt_boxes]),
+        "boxes": tf.constant(boxes),
+        "classes": tf.constant(classes),
+        "masks": tf.constant(masks),
+    }
     dets = np.zeros((batch, max_det, 4), np.float32)
     det_cls = np.zeros((batch, max_det), np.int32)
     scores = np.zeros((batch, max_det), np.float32)
@@ -140,10 +156,15 @@ def _batch(source_ids, gt_boxes, gt_classes, det_boxes, det_classes, det_scores,
             dets[b, k] = np.asarray(det_boxes[b][k]) * scale  # model-input pixels; the evaluator rescales
             det_cls[b, k], scores[b, k] = det_classes[b][k], det_scores[b][k]
     image_info = np.array([[[size, size], [size * scale, size * scale], [scale, scale], [0, 0]]] * batch, np.float32)
-    predictions = {"source_id": tf.constant(source_ids, tf.int64), "image_info": tf.constant(image_info),
-                   "num_detections": tf.constant([len(d) for d in det_boxes]), "detection_boxes": tf.constant(dets),
-                   "detection_classes": tf.constant(det_cls), "detection_scores": tf.constant(scores),
-                   "detection_masks": tf.ones((batch, max_det, 28, 28), tf.float32)}
+    predictions = {
+        "source_id": tf.constant(source_ids, tf.int64),
+        "image_info": tf.constant(image_info),
+        "num_detections": tf.constant([len(d) for d in det_boxes]),
+        "detection_boxes": tf.constant(dets),
+        "detection_classes": tf.constant(det_cls),
+        "detection_scores": tf.constant(scores),
+        "detection_masks": tf.ones((batch, max_det, 28, 28), tf.float32),
+    }
     return groundtruths, predictions
 
 
@@ -153,14 +174,26 @@ def test_model_garden_evaluator_adds_per_class_metrics_by_name():
     circle, square, triangle = 1, 2, 3
     evaluator = PerClassCOCOEvaluator(None, include_mask=True, label_map=["circle", "square", "triangle", "star"])
     # Circles and the triangle are found; both squares are called triangles (with lower scores).
-    evaluator.update_state(*_batch(
-        [11, 12],
-        gt_boxes=[[[10, 10, 40, 40], [50, 50, 90, 90]], [[20, 20, 60, 60], [0, 0, 30, 30]]],
-        gt_classes=[[circle, square], [circle, triangle]],
-        det_boxes=[[[10, 10, 40, 40], [50, 50, 90, 90]], [[20, 20, 60, 60], [0, 0, 30, 30]]],
-        det_classes=[[circle, triangle], [circle, triangle]], det_scores=[[0.9, 0.6], [0.8, 0.95]]))
-    evaluator.update_state(*_batch([13], gt_boxes=[[[10, 60, 50, 95]]], gt_classes=[[square]],
-                                   det_boxes=[[[10, 60, 50, 95]]], det_classes=[[triangle]], det_scores=[[0.7]]))
+    evaluator.update_state(
+        *_batch(
+            [11, 12],
+            gt_boxes=[[[10, 10, 40, 40], [50, 50, 90, 90]], [[20, 20, 60, 60], [0, 0, 30, 30]]],
+            gt_classes=[[circle, square], [circle, triangle]],
+            det_boxes=[[[10, 10, 40, 40], [50, 50, 90, 90]], [[20, 20, 60, 60], [0, 0, 30, 30]]],
+            det_classes=[[circle, triangle], [circle, triangle]],
+            det_scores=[[0.9, 0.6], [0.8, 0.95]],
+        )
+    )
+    evaluator.update_state(
+        *_batch(
+            [13],
+            gt_boxes=[[[10, 60, 50, 95]]],
+            gt_classes=[[square]],
+            det_boxes=[[[10, 60, 50, 95]]],
+            det_classes=[[triangle]],
+            det_scores=[[0.7]],
+        )
+    )
     with contextlib.redirect_stdout(io.StringIO()):
         metrics = evaluator.result()
 

@@ -30,26 +30,32 @@ def _uses_xla(params) -> bool:
 
 def _shrunk(params, records):
     model = params.task.model
-    params.override({
-        "task": {
-            "model": {
-                "input_size": [128, 128, 3],
-                "backbone": {"resnet": {"model_id": 18}},
-                "decoder": {"fpn": {"num_filters": 32}},
-                "rpn_head": {"num_filters": 32},
-                "detection_head": {"num_convs": 0, "num_fcs": 1, "fc_dims": 64},
-                "mask_head": {"num_convs": 1, "num_filters": 32},
-                "roi_generator": {"num_proposals": 64, "pre_nms_top_k": 256,
-                                  "test_num_proposals": 64, "test_pre_nms_top_k": 256},
-                "roi_sampler": {"num_sampled_rois": 32},
-                "mask_sampler": {"num_sampled_masks": 8},
-                "anchor": {"anchor_size": min(model.anchor.anchor_size, 4.0)},
+    params.override(
+        {
+            "task": {
+                "model": {
+                    "input_size": [128, 128, 3],
+                    "backbone": {"resnet": {"model_id": 18}},
+                    "decoder": {"fpn": {"num_filters": 32}},
+                    "rpn_head": {"num_filters": 32},
+                    "detection_head": {"num_convs": 0, "num_fcs": 1, "fc_dims": 64},
+                    "mask_head": {"num_convs": 1, "num_filters": 32},
+                    "roi_generator": {
+                        "num_proposals": 64,
+                        "pre_nms_top_k": 256,
+                        "test_num_proposals": 64,
+                        "test_pre_nms_top_k": 256,
+                    },
+                    "roi_sampler": {"num_sampled_rois": 32},
+                    "mask_sampler": {"num_sampled_masks": 8},
+                    "anchor": {"anchor_size": min(model.anchor.anchor_size, 4.0)},
+                },
+                "train_data": {"input_path": records["train"], "global_batch_size": 2, "shuffle_buffer_size": 4},
+                "validation_data": {"input_path": records["val"], "global_batch_size": 2},
             },
-            "train_data": {"input_path": records["train"], "global_batch_size": 2,
-                           "shuffle_buffer_size": 4},
-            "validation_data": {"input_path": records["val"], "global_batch_size": 2},
         },
-    }, is_strict=True)
+        is_strict=True,
+    )
     return params
 
 

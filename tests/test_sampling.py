@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmaskrcnn.data import sampling
+from tfmaskrcnn.dataloaders import sampling
 
 # Hand-made dataset, 3 classes, 10 images.
 IMAGES = [(1,), (1,), (1,), (1,), (1, 2), (1,), (1,), (1, 3), (2,), ()]
@@ -48,8 +48,10 @@ def test_expected_frequency_after_by_hand():
 
 def _skewed_dataset(fractions, num_images=400, seed=0):
     rng = np.random.default_rng(seed)
-    return [tuple(int(c) + 1 for c in rng.choice(len(fractions), size=rng.integers(1, 5), p=fractions))
-            for _ in range(num_images)]
+    return [
+        tuple(int(c) + 1 for c in rng.choice(len(fractions), size=rng.integers(1, 5), p=fractions))
+        for _ in range(num_images)
+    ]
 
 
 def test_choose_threshold_boosts_a_skewed_split_and_leaves_a_balanced_one():
@@ -70,15 +72,18 @@ def _in_memory_dataset(images):
     # Every image also carries a crowd instance of class 3, which must not count.
     classes = tf.ragged.constant([list(c) + [3] for c in images], dtype=tf.int64, ragged_rank=1)
     crowd = tf.ragged.constant([[False] * len(c) + [True] for c in images], dtype=tf.bool, ragged_rank=1)
-    dataset = tf.data.Dataset.from_tensor_slices({
-        "image_id": tf.range(len(images), dtype=tf.int64),
-        "groundtruth_classes": classes,
-        "groundtruth_is_crowd": crowd,
-    })
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {
+            "image_id": tf.range(len(images), dtype=tf.int64),
+            "groundtruth_classes": classes,
+            "groundtruth_is_crowd": crowd,
+        }
+    )
 
     def densify(element):  # rows of a ragged tensor arrive as ragged specs; the decoder gives dense tensors
-        return {key: value.to_tensor() if isinstance(value, tf.RaggedTensor) else value
-                for key, value in element.items()}
+        return {
+            key: value.to_tensor() if isinstance(value, tf.RaggedTensor) else value for key, value in element.items()
+        }
 
     return dataset.map(densify)
 
@@ -113,7 +118,8 @@ def test_sample_fn_reaches_the_expected_frequencies_over_20_epochs():
 def test_copies_are_redrawn_on_every_pass():
     # One image with r = 2.5, seen in 400 passes; no shuffle so each pass's copies stay together.
     passes = tf.data.Dataset.range(400).map(
-        lambda i: {"image_id": i, "groundtruth_classes": tf.constant([2], tf.int64)})
+        lambda i: {"image_id": i, "groundtruth_classes": tf.constant([2], tf.int64)}
+    )
     sample_fn = sampling.make_repeat_factor_sample_fn(np.array([1.0, 2.5]), seed=3, shuffle_buffer=1)
     copies = collections.Counter(_image_ids(sample_fn(passes)))
     per_pass = np.array([copies[i] for i in range(400)])
@@ -123,6 +129,7 @@ def test_copies_are_redrawn_on_every_pass():
 
 def test_shuffle_separates_copies():
     images = [(2,)] * 50 + [(1,)] * 50
+
     def adjacent_duplicates(buffer):
         fn = sampling.make_repeat_factor_sample_fn(np.array([1.0, 4.0]), seed=5, shuffle_buffer=buffer)
         ids = _image_ids(fn(_in_memory_dataset(images)))
@@ -171,8 +178,10 @@ def test_sample_fn_plugs_into_model_gardens_input_reader(tmp_path):
     path = str(tmp_path / "train.tfrecord")
     with tf.io.TFRecordWriter(path) as writer:
         for index, classes in enumerate(images):
-            def floats(value, n=len(classes)):
+
+            def floats(value, n=len(classes)):  # noqa: B008  (binds this image's count)
                 return tf.train.Feature(float_list=tf.train.FloatList(value=[value] * n))
+
             feature = {
                 "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixel])),
                 "image/source_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(index).encode()])),
@@ -180,8 +189,10 @@ def test_sample_fn_plugs_into_model_gardens_input_reader(tmp_path):
                 "image/width": tf.train.Feature(int64_list=tf.train.Int64List(value=[2])),
                 "image/object/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=list(classes))),
                 "image/object/is_crowd": tf.train.Feature(int64_list=tf.train.Int64List(value=[0] * len(classes))),
-                "image/object/bbox/xmin": floats(0.0), "image/object/bbox/ymin": floats(0.0),
-                "image/object/bbox/xmax": floats(1.0), "image/object/bbox/ymax": floats(1.0),
+                "image/object/bbox/xmin": floats(0.0),
+                "image/object/bbox/ymin": floats(0.0),
+                "image/object/bbox/xmax": floats(1.0),
+                "image/object/bbox/ymax": floats(1.0),
                 "image/object/area": floats(4.0),
             }
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
@@ -189,7 +200,8 @@ def test_sample_fn_plugs_into_model_gardens_input_reader(tmp_path):
     frequency = sampling.class_image_frequency(images, 3)
     class_repeat = sampling.repeat_factors(frequency, sampling.choose_threshold(frequency))
     params = config_definitions.DataConfig(
-        input_path=path, is_training=True, global_batch_size=64, shuffle_buffer_size=16, seed=4)
+        input_path=path, is_training=True, global_batch_size=64, shuffle_buffer_size=16, seed=4
+    )
     reader = input_reader.InputReader(
         params,
         decoder_fn=tf_example_decoder.TfExampleDecoder().decode,

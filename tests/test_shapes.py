@@ -16,11 +16,15 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from tfmaskrcnn import cli
-from tfmaskrcnn.data import shapes
-from tfmaskrcnn.data.shapes import (SHAPE_NAMES, encode_instance, exact_class_counts,
-                                    generate_shapes_dataset, normalize_class_ratios)
-from tfmaskrcnn.data.shapes_draw import (MIN_VISIBLE_FRACTION, MIN_VISIBLE_PIXELS,
-                                         render_scene)
+from tfmaskrcnn.data.shapes import generator as shapes
+from tfmaskrcnn.data.shapes.draw import MIN_VISIBLE_FRACTION, MIN_VISIBLE_PIXELS, render_scene
+from tfmaskrcnn.data.shapes.generator import (
+    SHAPE_NAMES,
+    encode_instance,
+    exact_class_counts,
+    generate_shapes_dataset,
+    normalize_class_ratios,
+)
 
 IMBALANCED = (0.9, 0.07, 0.03)
 
@@ -29,8 +33,7 @@ IMBALANCED = (0.9, 0.07, 0.03)
 def imbalanced(tmp_path_factory) -> tuple[pathlib.Path, dict]:
     """The documented imbalance demo: 400 train images at 0.9/0.07/0.03, 100 balanced val."""
     out = tmp_path_factory.mktemp("shapes_imbalanced")
-    summary = generate_shapes_dataset(out, num_train=400, num_val=100, class_ratios=IMBALANCED,
-                                      seed=0, progress=False)
+    summary = generate_shapes_dataset(out, num_train=400, num_val=100, class_ratios=IMBALANCED, seed=0, progress=False)
     return out, summary
 
 
@@ -39,8 +42,7 @@ def _load(out: pathlib.Path, split: str) -> COCO:
 
 
 def _shares(coco: COCO, num_classes: int) -> np.ndarray:
-    counts = np.bincount([a["category_id"] for a in coco.dataset["annotations"]],
-                         minlength=num_classes + 1)
+    counts = np.bincount([a["category_id"] for a in coco.dataset["annotations"]], minlength=num_classes + 1)
     assert counts[0] == 0, "category id 0 is background and must never be used"
     return counts[1:] / counts.sum()
 
@@ -60,9 +62,11 @@ def test_files_are_valid_coco(imbalanced):
     for split, num_images in (("train", 400), ("val", 100)):
         coco = _load(out, split)
         data = coco.dataset
-        assert data["categories"] == [{"id": 1, "name": "square", "supercategory": "shape"},
-                                      {"id": 2, "name": "circle", "supercategory": "shape"},
-                                      {"id": 3, "name": "triangle", "supercategory": "shape"}]
+        assert data["categories"] == [
+            {"id": 1, "name": "square", "supercategory": "shape"},
+            {"id": 2, "name": "circle", "supercategory": "shape"},
+            {"id": 3, "name": "triangle", "supercategory": "shape"},
+        ]
         assert len(data["images"]) == num_images
         assert [a["id"] for a in data["annotations"]] == list(range(1, len(data["annotations"]) + 1))
         assert len({img["id"] for img in data["images"]}) == num_images
@@ -147,23 +151,30 @@ def test_same_seed_gives_identical_files_and_splits_differ(tmp_path):
 
 
 def test_number_of_classes_follows_the_ratios(tmp_path):
-    summary = generate_shapes_dataset(tmp_path / "six", num_train=40, num_val=20, class_ratios=[1] * 6,
-                                      val_class_ratios=[6, 5, 4, 3, 2, 1], image_size=64, progress=False)
+    summary = generate_shapes_dataset(
+        tmp_path / "six",
+        num_train=40,
+        num_val=20,
+        class_ratios=[1] * 6,
+        val_class_ratios=[6, 5, 4, 3, 2, 1],
+        image_size=64,
+        progress=False,
+    )
     assert summary["categories"] == list(SHAPE_NAMES[:6])
     data = json.loads((tmp_path / "six" / "annotations" / "instances_val.json").read_text())
     assert [c["name"] for c in data["categories"]] == list(SHAPE_NAMES[:6])
     counts = list(summary["splits"]["val"]["instances_per_class"].values())
     assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]
 
-    summary = generate_shapes_dataset(tmp_path / "one", num_train=5, num_val=5, class_ratios=[2.0],
-                                      image_size=64, progress=False)
+    summary = generate_shapes_dataset(
+        tmp_path / "one", num_train=5, num_val=5, class_ratios=[2.0], image_size=64, progress=False
+    )
     assert summary["categories"] == ["square"]
 
 
 def test_crowded_images_leave_out_shapes_and_say_so(tmp_path):
     # 32 px images cannot hold up to 30 shapes that each stay 30% visible.
-    summary = generate_shapes_dataset(tmp_path, num_train=6, num_val=1, image_size=32, max_objects=30,
-                                      progress=False)
+    summary = generate_shapes_dataset(tmp_path, num_train=6, num_val=1, image_size=32, max_objects=30, progress=False)
     train = summary["splits"]["train"]
     assert train["unplaced_instances"] > 0
     data = json.loads(pathlib.Path(train["annotation_file"]).read_text())
@@ -178,14 +189,17 @@ def test_exact_class_counts():
     assert counts.sum() == 7 and counts.tolist() == [4, 2, 1]
 
 
-@pytest.mark.parametrize("ratios, message", [
-    ([0.9, 0.0, 0.1], "positive"),
-    ([1, -1], "positive"),
-    ([1, float("nan")], "positive"),
-    (["a", 1], "not a number"),
-    ([], "empty"),
-    ([1] * (len(SHAPE_NAMES) + 1), f"at most {len(SHAPE_NAMES)}"),
-])
+@pytest.mark.parametrize(
+    "ratios, message",
+    [
+        ([0.9, 0.0, 0.1], "positive"),
+        ([1, -1], "positive"),
+        ([1, float("nan")], "positive"),
+        (["a", 1], "not a number"),
+        ([], "empty"),
+        ([1] * (len(SHAPE_NAMES) + 1), f"at most {len(SHAPE_NAMES)}"),
+    ],
+)
 def test_invalid_ratios_are_refused_with_the_fix(ratios, message):
     with pytest.raises(ValueError, match=message):
         normalize_class_ratios(ratios)
@@ -209,9 +223,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def test_cli_writes_the_dataset_and_prints_the_summary(tmp_path, capsys):
     out = tmp_path / "ds"
-    args = _parser().parse_args(["--output", str(out), "--num-train", "12", "--num-val", "6",
-                                 "--class-ratios", "9,0.7,0.3", "--image-size", "64", "--seed", "3",
-                                 "--max-objects", "2"])
+    args = _parser().parse_args(
+        [
+            "--output",
+            str(out),
+            "--num-train",
+            "12",
+            "--num-val",
+            "6",
+            "--class-ratios",
+            "9,0.7,0.3",
+            "--image-size",
+            "64",
+            "--seed",
+            "3",
+            "--max-objects",
+            "2",
+        ]
+    )
     assert args.class_ratios == (9.0, 0.7, 0.3)
     assert shapes.main(args) == 0
     printed = capsys.readouterr().out
@@ -222,8 +251,22 @@ def test_cli_writes_the_dataset_and_prints_the_summary(tmp_path, capsys):
     assert per_image.max() <= 2
 
     # Through the top-level command as well.
-    assert cli.main(["shapes", "--output", str(tmp_path / "via_cli"), "--num-train", "2",
-                     "--num-val", "2", "--image-size", "64"]) == 0
+    assert (
+        cli.main(
+            [
+                "shapes",
+                "--output",
+                str(tmp_path / "via_cli"),
+                "--num-train",
+                "2",
+                "--num-val",
+                "2",
+                "--image-size",
+                "64",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "via_cli" / "annotations" / "instances_val.json").exists()
 
 
@@ -232,14 +275,18 @@ def test_cli_rejects_bad_ratios(tmp_path, capsys):
         _parser().parse_args(["--output", str(tmp_path), "--class-ratios", "0.9,0,0.1"])
     assert exit_info.value.code == 2
     assert "ratio[1] = 0.0" in capsys.readouterr().err
-    args = _parser().parse_args(["--output", str(tmp_path), "--class-ratios", "1,1,1",
-                                 "--val-class-ratios", "1,1"])
+    args = _parser().parse_args(["--output", str(tmp_path), "--class-ratios", "1,1,1", "--val-class-ratios", "1,1"])
     assert shapes.main(args) == 2
     assert "same classes" in capsys.readouterr().err
 
 
 def test_importing_the_generator_does_not_import_tensorflow():
-    code = "import sys, tfmaskrcnn.data.shapes; print('tensorflow' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            cwd=pathlib.Path(__file__).resolve().parent.parent)
+    code = "import sys, tfmaskrcnn.data.shapes.generator; print('tensorflow' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=pathlib.Path(__file__).resolve().parent.parent,
+    )
     assert result.stdout.strip() == "False"

@@ -9,8 +9,10 @@ import tensorflow as tf
 import yaml
 
 from tfmaskrcnn import losses
-from tfmaskrcnn.data import sampling, stats
+from tfmaskrcnn.cli import stats as stats_command
+from tfmaskrcnn.data import stats
 from tfmaskrcnn.data.label_map import LabelMap
+from tfmaskrcnn.dataloaders import sampling
 
 NAMES = ["square", "circle", "triangle"]
 # Per image: (labels, is_crowd). The crowd circle in image 3 must not count.
@@ -26,8 +28,10 @@ IMAGES = [
 
 
 def _example(labels, crowd):
-    feature = {"image/object/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=labels)),
-               "image/source_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"1"]))}
+    feature = {
+        "image/object/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=labels)),
+        "image/source_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"1"])),
+    }
     if crowd:
         feature["image/object/is_crowd"] = tf.train.Feature(int64_list=tf.train.Int64List(value=crowd))
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
@@ -42,11 +46,21 @@ def _write_converter_output(directory, images=IMAGES, with_json=True):
                 writer.write(_example(labels, crowd))
     LabelMap(names=NAMES, coco_ids=[10, 11, 12]).save(str(directory / "label_map.json"))
     if with_json:
-        counted = [{"id": i + 1, "name": name, "coco_id": 10 + i, "instances": n, "images": m}
-                   for i, (name, n, m) in enumerate(zip(NAMES, [8, 1, 1], [5, 1, 1]))]
-        (directory / "dataset_stats.json").write_text(json.dumps({
-            "num_images": 6, "num_instances": 10, "num_crowd": 1, "classes": counted,
-            "source": {"prefix": "train", "shards": shards}}))
+        counted = [
+            {"id": i + 1, "name": name, "coco_id": 10 + i, "instances": n, "images": m}
+            for i, (name, n, m) in enumerate(zip(NAMES, [8, 1, 1], [5, 1, 1]))
+        ]
+        (directory / "dataset_stats.json").write_text(
+            json.dumps(
+                {
+                    "num_images": 6,
+                    "num_instances": 10,
+                    "num_crowd": 1,
+                    "classes": counted,
+                    "source": {"prefix": "train", "shards": shards},
+                }
+            )
+        )
     return directory
 
 
@@ -92,8 +106,9 @@ def test_label_above_the_label_map_is_refused(tmp_path):
 
 
 def test_broken_stats_json_says_how_to_fix(tmp_path):
-    (tmp_path / "dataset_stats.json").write_text(json.dumps(
-        {"num_images": 1, "classes": [{"id": 2, "name": "a", "instances": 1, "images": 1}]}))
+    (tmp_path / "dataset_stats.json").write_text(
+        json.dumps({"num_images": 1, "classes": [{"id": 2, "name": "a", "instances": 1, "images": 1}]})
+    )
     with pytest.raises(ValueError, match=r"classes\[0\] .* ids must be 1..K in order"):
         stats.load_class_stats(str(tmp_path))
     (tmp_path / "empty").mkdir()
@@ -105,7 +120,7 @@ def test_broken_stats_json_says_how_to_fix(tmp_path):
 
 def _args(data, **overrides):
     parser = argparse.ArgumentParser()
-    stats.add_arguments(parser)
+    stats_command.add_arguments(parser)
     argv = [str(data)]
     for key, value in overrides.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
@@ -114,7 +129,7 @@ def _args(data, **overrides):
 
 def test_yaml_snippet_holds_the_weights_and_threshold(tmp_path, capsys):
     _write_converter_output(tmp_path)
-    assert stats.main(_args(tmp_path, format="yaml", scheme="inverse", background_weight=0.5)) == 0
+    assert stats_command.main(_args(tmp_path, format="yaml", scheme="inverse", background_weight=0.5)) == 0
     snippet = yaml.safe_load(capsys.readouterr().out)
     weighting = snippet["task"]["class_balance"]["weighting"]
     expected = losses.compute_class_weights([8, 1, 1], "inverse", background_weight=0.5)
@@ -127,7 +142,7 @@ def test_yaml_snippet_holds_the_weights_and_threshold(tmp_path, capsys):
 
 def test_json_report_has_repeat_factors_and_expected_frequencies(tmp_path, capsys):
     _write_converter_output(tmp_path)
-    assert stats.main(_args(tmp_path, format="json", threshold=0.5)) == 0
+    assert stats_command.main(_args(tmp_path, format="json", threshold=0.5)) == 0
     report = json.loads(capsys.readouterr().out)
     frequency = np.array([5, 1, 1]) / 6
     repeat = sampling.repeat_factors(frequency, 0.5)
@@ -139,7 +154,7 @@ def test_json_report_has_repeat_factors_and_expected_frequencies(tmp_path, capsy
 
 def test_table_lists_every_class(tmp_path, capsys):
     _write_converter_output(tmp_path)
-    assert stats.main(_args(tmp_path, source="json")) == 0
+    assert stats_command.main(_args(tmp_path, source="json")) == 0
     table = capsys.readouterr().out
     for name in NAMES:
         assert name in table
@@ -152,7 +167,7 @@ def test_command_warns_when_json_and_records_disagree(tmp_path, capsys):
     data = json.loads((tmp_path / "dataset_stats.json").read_text())
     data["num_images"] = 7
     (tmp_path / "dataset_stats.json").write_text(json.dumps(data))
-    assert stats.main(_args(tmp_path)) == 0
+    assert stats_command.main(_args(tmp_path)) == 0
     assert "disagrees with the TFRecords: num_images 7 vs 6" in capsys.readouterr().err
 
 
@@ -160,10 +175,11 @@ def test_output_file_is_written_whole(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     data = _write_converter_output(tmp_path / "data")
     target = tmp_path / "balance.json"
-    assert stats.main(_args(data, format="json", output=target)) == 0
+    assert stats_command.main(_args(data, format="json", output=target)) == 0
     assert json.loads(target.read_text())["num_images"] == 6
     assert capsys.readouterr().out == ""
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".stats-")] == []
+    # Nothing but the report beside the data: no temporary left behind by the atomic write.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["balance.json", "data"]
 
 
 def test_truncated_shard_is_named(tmp_path):
@@ -182,8 +198,7 @@ def test_directory_reads_the_shards_its_stats_describe(tmp_path):
         writer.write(_example([2, 2], []))
     (tmp_path / "train-00000-of-00002.tfrecord.tmp-0123abcd").write_bytes(b"partial")
     assert len(stats.find_tfrecords(str(tmp_path))) == 2
-    np.testing.assert_array_equal(stats.load_class_stats(str(tmp_path), show_progress=False).instance_counts,
-                                  [8, 1, 1])
+    np.testing.assert_array_equal(stats.load_class_stats(str(tmp_path), show_progress=False).instance_counts, [8, 1, 1])
     # Without dataset_stats.json every shard of the directory is read, temporaries excluded.
     (tmp_path / "dataset_stats.json").unlink()
     assert len(stats.find_tfrecords(str(tmp_path))) == 3

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tfmaskrcnn import train
+from tfmaskrcnn.cli import train
 
 pytestmark = pytest.mark.slow
 
@@ -22,6 +22,7 @@ def test_two_steps_train_write_the_model_dir_and_resume(shapes_records, tiny_exp
     train.run(tiny_experiment(shapes_records, train_steps=3), model_dir, "train")
     assert any(name.startswith("ckpt-3") for name in os.listdir(model_dir))
     import tensorflow as tf
+
     reader = tf.train.load_checkpoint(os.path.join(model_dir, "ckpt-3"))
     assert reader.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE") == 3
 
@@ -41,9 +42,13 @@ def test_two_steps_on_real_coco_photos(coco_tiny_dir, tiny_experiment, tmp_path)
     records = {}
     for split in ("train", "val"):
         out = tmp_path / split
-        convert.convert_coco(str(coco_tiny_dir / "annotations" / f"instances_{split}2017.json"),
-                             str(coco_tiny_dir / f"{split}2017"), str(out), num_shards=1,
-                             progress=False)
+        convert.convert_coco(
+            str(coco_tiny_dir / "annotations" / f"instances_{split}2017.json"),
+            str(coco_tiny_dir / f"{split}2017"),
+            str(out),
+            num_shards=1,
+            progress=False,
+        )
         records[split] = str(out / "*.tfrecord")
     params = tiny_experiment(records, train_steps=2)
     model_dir = str(tmp_path / "run")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmaskrcnn import training_signals
+from tfmaskrcnn.diagnostics import training_signals
 
 
 def _logits_predicting(predicted, num_classes=4):

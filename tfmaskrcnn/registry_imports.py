@@ -5,7 +5,7 @@
 """
 
 # pylint: disable=unused-import
-from official.vision import registry_imports as _official_registry
+from official.vision import registry_imports as _official_registry  # noqa: F401
 
-from tfmaskrcnn import configs
-from tfmaskrcnn import task
+from tfmaskrcnn.configs import maskrcnn as configs  # noqa: F401
+from tfmaskrcnn.tasks import maskrcnn as task  # noqa: F401

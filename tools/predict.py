@@ -3,7 +3,7 @@
 
   python tools/predict.py --saved_model exported/shapes photos/ --output pred_out [--score_threshold 0.5]
 
-The same as `tfmaskrcnn predict`; see tfmaskrcnn/predict.py.
+Alias of `tfmaskrcnn predict`; see tfmaskrcnn/serving/predict.py.
 """
 
 import os
@@ -13,5 +13,5 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tfmaskrcnn import cli  # noqa: E402
 
-if __name__ == '__main__':
-  sys.exit(cli.main(['predict'] + sys.argv[1:]))
+if __name__ == "__main__":
+    sys.exit(cli.main(["predict"] + sys.argv[1:]))

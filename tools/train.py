@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train and evaluate a tfmaskrcnn experiment with Model Garden's flags.
+"""Train and evaluate a tfmaskrcnn experiment with Model Garden's flags (alias of `tfmaskrcnn train`).
 
   python tools/train.py --experiment tfmaskrcnn_shapes_cpu --mode train_and_eval \
     --model_dir runs/shapes \
@@ -10,10 +10,12 @@ Flags: --experiment --mode (train | eval | train_and_eval | continuous_eval) --m
 records sets num_classes; re-running on the same --model_dir resumes.
 """
 
-from absl import app
+import os
+import sys
 
-from tfmaskrcnn import train
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-if __name__ == '__main__':
-  train.define_flags()
-  app.run(train.main)
+from tfmaskrcnn import cli  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(cli.main(["train"] + sys.argv[1:]))

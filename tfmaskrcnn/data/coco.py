@@ -186,7 +186,7 @@ def parse_coco(data: Any, annotations_path: str = "<memory>") -> CocoDataset:
         raise CocoFormatError(f"{annotations_path}: top level must be an object with images/annotations/categories")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
-            raise CocoFormatError(f"{annotations_path}: \"{key}\" must be a list (COCO instances format)")
+            raise CocoFormatError(f'{annotations_path}: "{key}" must be a list (COCO instances format)')
     try:
         label_map = LabelMap.from_coco_categories(data["categories"])
     except ValueError as error:
@@ -200,30 +200,55 @@ def parse_coco(data: Any, annotations_path: str = "<memory>") -> CocoDataset:
         image_id = image.get("id") if isinstance(image, dict) else None
         file_name = image.get("file_name") if isinstance(image, dict) else None
         if not is_int(image_id) or not isinstance(file_name, str) or not file_name:
-            issues.append(Issue("image_record_invalid", str(file_name or ""), image_id if is_int(image_id) else None,
-                                None, f"images[{position}] needs an integer \"id\" and a \"file_name\""))
+            issues.append(
+                Issue(
+                    "image_record_invalid",
+                    str(file_name or ""),
+                    image_id if is_int(image_id) else None,
+                    None,
+                    f'images[{position}] needs an integer "id" and a "file_name"',
+                )
+            )
             if is_int(image_id) and image_id not in known_ids:
                 known_ids.add(image_id)
                 file_names[image_id] = str(file_name or "")
             continue
         if image_id in known_ids:
-            issues.append(Issue("duplicate_image_id", file_name, image_id, None,
-                                f"images[{position}] reuses id {image_id}; its annotations go to the first image "
-                                "with that id. Give every image a unique id"))
+            issues.append(
+                Issue(
+                    "duplicate_image_id",
+                    file_name,
+                    image_id,
+                    None,
+                    f"images[{position}] reuses id {image_id}; its annotations go to the first image "
+                    "with that id. Give every image a unique id",
+                )
+            )
             continue
         known_ids.add(image_id)
         file_names[image_id] = file_name
         relative = safe_relative_path(file_name)
         if relative is None:
-            issues.append(Issue("file_name_escapes_image_dir", file_name, image_id, None,
-                                f"file_name {file_name!r} is absolute or leaves the image directory; "
-                                "file names must be relative to --images"))
+            issues.append(
+                Issue(
+                    "file_name_escapes_image_dir",
+                    file_name,
+                    image_id,
+                    None,
+                    f"file_name {file_name!r} is absolute or leaves the image directory; "
+                    "file names must be relative to --images",
+                )
+            )
             continue
         width, height = image.get("width"), image.get("height")
         # Some exporters write 640.0; an integral float is a size, anything else counts as missing.
         sizes_ok = all(is_number(v) and v > 0 and float(v).is_integer() for v in (width, height))
-        images[image_id] = {"file_name": relative, "width": int(width) if sizes_ok else None,
-                            "height": int(height) if sizes_ok else None, "annotations": []}
+        images[image_id] = {
+            "file_name": relative,
+            "width": int(width) if sizes_ok else None,
+            "height": int(height) if sizes_ok else None,
+            "annotations": [],
+        }
 
     category_ids = set(label_map.coco_ids)
     seen_annotation_ids: set[int] = set()
@@ -233,47 +258,108 @@ def parse_coco(data: Any, annotations_path: str = "<memory>") -> CocoDataset:
         annotation_id, image_id, category_id = fields
         file_name = file_names.get(image_id, "") if is_int(image_id) else ""
         if not all(is_int(v) for v in fields):
-            issues.append(Issue("annotation_record_invalid", file_name, image_id if is_int(image_id) else None,
-                                annotation_id if is_int(annotation_id) else None,
-                                f"annotations[{position}] needs integer \"id\", \"image_id\" and \"category_id\""))
+            issues.append(
+                Issue(
+                    "annotation_record_invalid",
+                    file_name,
+                    image_id if is_int(image_id) else None,
+                    annotation_id if is_int(annotation_id) else None,
+                    f'annotations[{position}] needs integer "id", "image_id" and "category_id"',
+                )
+            )
             continue
         if annotation_id in seen_annotation_ids:
-            issues.append(Issue("duplicate_annotation_id", file_name, image_id, annotation_id,
-                                f"annotations[{position}] reuses id {annotation_id}; the first one is kept"))
+            issues.append(
+                Issue(
+                    "duplicate_annotation_id",
+                    file_name,
+                    image_id,
+                    annotation_id,
+                    f"annotations[{position}] reuses id {annotation_id}; the first one is kept",
+                )
+            )
             continue
         seen_annotation_ids.add(annotation_id)
         if image_id not in known_ids:
-            issues.append(Issue("annotation_unknown_image", "", image_id, annotation_id,
-                                f"annotations[{position}] refers to image_id {image_id}, which is not in \"images\""))
+            issues.append(
+                Issue(
+                    "annotation_unknown_image",
+                    "",
+                    image_id,
+                    annotation_id,
+                    f'annotations[{position}] refers to image_id {image_id}, which is not in "images"',
+                )
+            )
         elif image_id not in images:
-            issues.append(Issue("annotation_of_skipped_image", file_name, image_id, annotation_id,
-                                f"image {image_id} was skipped (see its image issue)"))
+            issues.append(
+                Issue(
+                    "annotation_of_skipped_image",
+                    file_name,
+                    image_id,
+                    annotation_id,
+                    f"image {image_id} was skipped (see its image issue)",
+                )
+            )
         elif category_id == 0:
-            issues.append(Issue("category_id_zero", file_name, image_id, annotation_id,
-                                "category_id 0 is reserved for background; use the id of a real category"))
+            issues.append(
+                Issue(
+                    "category_id_zero",
+                    file_name,
+                    image_id,
+                    annotation_id,
+                    "category_id 0 is reserved for background; use the id of a real category",
+                )
+            )
         elif category_id not in category_ids:
-            issues.append(Issue("annotation_unknown_category", file_name, image_id, annotation_id,
-                                f"category_id {category_id} is not in \"categories\"; add it or fix the id"))
+            issues.append(
+                Issue(
+                    "annotation_unknown_category",
+                    file_name,
+                    image_id,
+                    annotation_id,
+                    f'category_id {category_id} is not in "categories"; add it or fix the id',
+                )
+            )
         else:
             images[image_id]["annotations"].append(annotation)
 
-    entries = [ImageEntry(image_id=i, file_name=v["file_name"], width=v["width"], height=v["height"],
-                          annotations=tuple(v["annotations"])) for i, v in images.items()]
-    return CocoDataset(annotations_path=annotations_path, label_map=label_map, images=entries, issues=issues,
-                       num_images_in=len(data["images"]), num_annotations_in=len(data["annotations"]))
+    entries = [
+        ImageEntry(
+            image_id=i,
+            file_name=v["file_name"],
+            width=v["width"],
+            height=v["height"],
+            annotations=tuple(v["annotations"]),
+        )
+        for i, v in images.items()
+    ]
+    return CocoDataset(
+        annotations_path=annotations_path,
+        label_map=label_map,
+        images=entries,
+        issues=issues,
+        num_images_in=len(data["images"]),
+        num_annotations_in=len(data["annotations"]),
+    )
 
 
 def safe_relative_path(file_name: str) -> str | None:
     """`file_name` normalised to a relative path inside the image directory, or None if it escapes."""
     normalised = posixpath.normpath(file_name.replace("\\", "/"))
-    if (normalised.startswith("/") or "://" in file_name or (len(normalised) > 1 and normalised[1] == ":")
-            or normalised == ".." or normalised.startswith("../")):
+    if (
+        normalised.startswith("/")
+        or "://" in file_name
+        or (len(normalised) > 1 and normalised[1] == ":")
+        or normalised == ".."
+        or normalised.startswith("../")
+    ):
         return None
     return normalised
 
 
-def load_image_record(entry: ImageEntry, images_dir: str,
-                      label_map: LabelMap) -> tuple[ImageRecord | None, list[Issue]]:
+def load_image_record(
+    entry: ImageEntry, images_dir: str, label_map: LabelMap
+) -> tuple[ImageRecord | None, list[Issue]]:
     """Reads, converts and checks one image and its annotations. Thread-safe."""
     import tensorflow as tf
     from PIL import Image
@@ -286,8 +372,16 @@ def load_image_record(entry: ImageEntry, images_dir: str,
 
     def skip_image(reason: str, message: str) -> tuple[None, list[Issue]]:
         issues.append(Issue(reason, entry.file_name, entry.image_id, None, message))
-        issues.extend(Issue("annotation_of_skipped_image", entry.file_name, entry.image_id, a["id"],
-                            f"image {entry.image_id} was skipped ({reason})") for a in entry.annotations)
+        issues.extend(
+            Issue(
+                "annotation_of_skipped_image",
+                entry.file_name,
+                entry.image_id,
+                a["id"],
+                f"image {entry.image_id} was skipped ({reason})",
+            )
+            for a in entry.annotations
+        )
         return None, issues
 
     try:
@@ -304,13 +398,22 @@ def load_image_record(entry: ImageEntry, images_dir: str,
 
     height, width = pixels.shape[:2]
     if entry.width is None or entry.height is None:
-        issues.append(Issue("image_size_missing", entry.file_name, entry.image_id, None,
-                            f"no width/height in the JSON; using the real size {width}x{height}"))
+        issues.append(
+            Issue(
+                "image_size_missing",
+                entry.file_name,
+                entry.image_id,
+                None,
+                f"no width/height in the JSON; using the real size {width}x{height}",
+            )
+        )
     elif (entry.width, entry.height) != (width, height):
-        return skip_image("image_size_mismatch",
-                          f"{path} is {width}x{height} but the JSON says {entry.width}x{entry.height}; the "
-                          "annotations were made for another raster (EXIF rotation or a resized copy?). Fix the "
-                          "image or the annotations")
+        return skip_image(
+            "image_size_mismatch",
+            f"{path} is {width}x{height} but the JSON says {entry.width}x{entry.height}; the "
+            "annotations were made for another raster (EXIF rotation or a resized copy?). Fix the "
+            "image or the annotations",
+        )
     for reason in reasons:
         issues.append(Issue(reason, entry.file_name, entry.image_id, None, REASONS[reason][1]))
     encoded = original if not reasons else encode_rgb(pixels, image_format)
@@ -321,13 +424,21 @@ def load_image_record(entry: ImageEntry, images_dir: str,
         issues.extend(dataclasses.replace(i, file=entry.file_name, image_id=entry.image_id) for i in annotation_issues)
         if instance is not None:
             instances.append(instance)
-    record = ImageRecord(image_id=entry.image_id, file_name=entry.file_name, height=height, width=width,
-                         encoded=encoded, image_format=image_format, instances=tuple(instances))
+    record = ImageRecord(
+        image_id=entry.image_id,
+        file_name=entry.file_name,
+        height=height,
+        width=width,
+        encoded=encoded,
+        image_format=image_format,
+        instances=tuple(instances),
+    )
     return record, issues
 
 
-def _make_instance(annotation: dict, height: int, width: int,
-                   label_map: LabelMap) -> tuple[Instance | None, list[Issue]]:
+def _make_instance(
+    annotation: dict, height: int, width: int, label_map: LabelMap
+) -> tuple[Instance | None, list[Issue]]:
     annotation_id = annotation["id"]
     issues: list[Issue] = []
 
@@ -352,6 +463,11 @@ def _make_instance(annotation: dict, height: int, width: int,
     area = annotation.get("area")
     if not is_number(area) or area <= 0:
         area = float(pixel_count)
-    return Instance(annotation_id=annotation_id, class_id=label_map.to_contiguous(annotation["category_id"]),
-                    box=box, mask=mask, area=float(area), is_crowd=bool(annotation.get("iscrowd", 0))), issues
-
+    return Instance(
+        annotation_id=annotation_id,
+        class_id=label_map.to_contiguous(annotation["category_id"]),
+        box=box,
+        mask=mask,
+        area=float(area),
+        is_crowd=bool(annotation.get("iscrowd", 0)),
+    ), issues

@@ -23,12 +23,21 @@ def clip_coco_box(bbox: Any, height: int, width: int) -> tuple[Box | None, str |
         return None, "box_invalid", f"bbox {bbox!r} must be [x, y, width, height] with finite numbers"
     x, y, w, h = (float(v) for v in bbox)
     if w <= 0 or h <= 0:
-        return None, "box_degenerate", (f"bbox {list(bbox)} has width or height <= 0 (COCO boxes are "
-                                        "[x, y, width, height], not [x1, y1, x2, y2])")
+        return (
+            None,
+            "box_degenerate",
+            (
+                f"bbox {list(bbox)} has width or height <= 0 (COCO boxes are "
+                "[x, y, width, height], not [x1, y1, x2, y2])"
+            ),
+        )
     box = (max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height)))
     if box[2] - box[0] < 1.0 or box[3] - box[1] < 1.0:
-        return None, "box_degenerate", (f"bbox {list(bbox)} is under 1 px wide or high after clipping to the "
-                                        f"{width}x{height} image")
+        return (
+            None,
+            "box_degenerate",
+            (f"bbox {list(bbox)} is under 1 px wide or high after clipping to the {width}x{height} image"),
+        )
     if box != (x, y, x + w, y + h):
         return box, "box_out_of_bounds_clipped", f"bbox {list(bbox)} clipped to the {width}x{height} image"
     return box, None, ""
@@ -54,8 +63,11 @@ def segmentation_to_mask(segmentation: Any, height: int, width: int) -> tuple[np
             else:
                 parts.append([float(v) for v in part])
         if not parts:
-            return None, "polygon_too_few_points", ("no polygon part has 3 or more (x, y) points "
-                                                    "(each part is a flat list [x1, y1, x2, y2, ...])")
+            return (
+                None,
+                "polygon_too_few_points",
+                ("no polygon part has 3 or more (x, y) points (each part is a flat list [x1, y1, x2, y2, ...])"),
+            )
         rle = mask_utils.merge(mask_utils.frPyObjects(parts, height, width))
         reason = "polygon_part_dropped" if dropped else None
         message = f"{dropped} polygon part(s) with fewer than 3 points dropped" if dropped else ""
@@ -67,15 +79,24 @@ def segmentation_to_mask(segmentation: Any, height: int, width: int) -> tuple[np
         try:
             if isinstance(counts, list):
                 if not all(is_int(c) and c >= 0 for c in counts) or sum(counts) != height * width:
-                    return None, "segmentation_invalid", ("uncompressed RLE counts must be non-negative integers "
-                                                          f"summing to height*width = {height * width}")
+                    return (
+                        None,
+                        "segmentation_invalid",
+                        (
+                            "uncompressed RLE counts must be non-negative integers "
+                            f"summing to height*width = {height * width}"
+                        ),
+                    )
                 rle = mask_utils.frPyObjects(segmentation, height, width)
             elif isinstance(counts, (str, bytes)):
                 counts = counts.encode() if isinstance(counts, str) else counts
                 # pycocotools decodes without bounds checks, so a damaged string must be caught here.
                 if compressed_rle_total(counts) != height * width:
-                    return None, "segmentation_invalid", ("compressed RLE counts do not cover height*width = "
-                                                          f"{height * width} pixels")
+                    return (
+                        None,
+                        "segmentation_invalid",
+                        (f"compressed RLE counts do not cover height*width = {height * width} pixels"),
+                    )
                 rle = {"size": [height, width], "counts": counts}
             else:
                 return None, "segmentation_invalid", "RLE counts must be a list of integers or a string"

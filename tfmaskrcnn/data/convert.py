@@ -38,10 +38,11 @@ import uuid
 from typing import Any, Callable, Iterable, Iterator
 
 from tfmaskrcnn.data import coco
-from tfmaskrcnn.data.label_map import LABEL_MAP_FILENAME, LabelMap, write_text_atomic
+from tfmaskrcnn.data.label_map import LabelMap
+from tfmaskrcnn.io import CONVERSION_REPORT_FILENAME as REPORT_FILENAME
+from tfmaskrcnn.io import DATASET_STATS_FILENAME as STATS_FILENAME
+from tfmaskrcnn.io import LABEL_MAP_FILENAME, join, write_atomic
 
-STATS_FILENAME = "dataset_stats.json"
-REPORT_FILENAME = "conversion_report.json"
 IMAGES_PER_SHARD = 1000  # default shard size: about 150-250 MB of COCO-like photos
 
 
@@ -77,40 +78,67 @@ class ConversionReport:
     def to_json_dict(self) -> dict[str, Any]:
         skipped = {**self.counts_of(coco.IMAGE_SKIPPED), **self.counts_of(coco.ANNOTATION_SKIPPED)}
         return {
-            "format": "tfmaskrcnn.conversion_report", "version": 1,
-            "annotations": self.annotations_path, "images": self.images_dir, "output": self.output_dir,
-            "prefix": self.prefix, "strict": self.strict, "published": self.published,
+            "format": "tfmaskrcnn.conversion_report",
+            "version": 1,
+            "annotations": self.annotations_path,
+            "images": self.images_dir,
+            "output": self.output_dir,
+            "prefix": self.prefix,
+            "strict": self.strict,
+            "published": self.published,
             "shards": [posixpath.basename(s) for s in self.shards],
-            "totals": {"images_in": self.num_images_in, "images_out": self.num_images_out,
-                       "annotations_in": self.num_annotations_in, "annotations_out": self.num_annotations_out},
-            "skipped": skipped, "converted": self.counts_of(coco.CONVERTED), "fixed": self.counts_of(coco.FIXED),
-            "reasons": {r: {"kind": coco.REASONS[r][0], "description": coco.REASONS[r][1]}
-                        for r in sorted(self.counts)},
+            "totals": {
+                "images_in": self.num_images_in,
+                "images_out": self.num_images_out,
+                "annotations_in": self.num_annotations_in,
+                "annotations_out": self.num_annotations_out,
+            },
+            "skipped": skipped,
+            "converted": self.counts_of(coco.CONVERTED),
+            "fixed": self.counts_of(coco.FIXED),
+            "reasons": {
+                r: {"kind": coco.REASONS[r][0], "description": coco.REASONS[r][1]} for r in sorted(self.counts)
+            },
             "examples": self.examples,
         }
 
     def format_table(self) -> str:
-        rows = [(r, kind.replace("_", " "), n) for kind in (coco.IMAGE_SKIPPED, coco.ANNOTATION_SKIPPED,
-                                                             coco.CONVERTED, coco.FIXED)
-                for r, n in self.counts_of(kind).items()]
+        rows = [
+            (r, kind.replace("_", " "), n)
+            for kind in (coco.IMAGE_SKIPPED, coco.ANNOTATION_SKIPPED, coco.CONVERTED, coco.FIXED)
+            for r, n in self.counts_of(kind).items()
+        ]
         lines = [f"{'reason':<30} {'kind':<20} {'count':>7}"] + [f"{r:<30} {k:<20} {n:>7}" for r, k, n in rows]
         if not rows:
             lines.append("(no image or annotation skipped, converted or fixed)")
-        lines.append(f"images: {self.num_images_in} in, {self.num_images_out} written; annotations: "
-                     f"{self.num_annotations_in} in, {self.num_annotations_out} written "
-                     f"({self.stats.get('num_crowd', 0)} crowd)")
+        lines.append(
+            f"images: {self.num_images_in} in, {self.num_images_out} written; annotations: "
+            f"{self.num_annotations_in} in, {self.num_annotations_out} written "
+            f"({self.stats.get('num_crowd', 0)} crowd)"
+        )
         if self.published:
-            lines.append(f"wrote {len(self.shards)} shard(s), {LABEL_MAP_FILENAME}, {STATS_FILENAME} and "
-                         f"{REPORT_FILENAME} to {self.output_dir}")
+            lines.append(
+                f"wrote {len(self.shards)} shard(s), {LABEL_MAP_FILENAME}, {STATS_FILENAME} and "
+                f"{REPORT_FILENAME} to {self.output_dir}"
+            )
         else:
-            lines.append(f"--strict: {self.num_skipped} record(s) skipped, shards NOT written; see "
-                         f"{_join(self.output_dir, REPORT_FILENAME)}")
+            lines.append(
+                f"--strict: {self.num_skipped} record(s) skipped, shards NOT written; see "
+                f"{join(self.output_dir, REPORT_FILENAME)}"
+            )
         return "\n".join(lines)
 
 
-def convert_coco(annotations_path: str, images_dir: str, output_dir: str, num_shards: int | None = None,
-                 prefix: str | None = None, strict: bool = False, workers: int | None = None,
-                 progress: bool = True) -> ConversionReport:
+def convert_coco(
+    annotations_path: str,
+    images_dir: str,
+    output_dir: str,
+    num_shards: int | None = None,
+    prefix: str | None = None,
+    strict: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> ConversionReport:
     """Converts a COCO instances dataset; see the module docstring for what is written.
 
     `num_shards` None means one shard per ~1000 images. With `strict`, nothing but
@@ -135,7 +163,7 @@ def convert_coco(annotations_path: str, images_dir: str, output_dir: str, num_sh
 
     log = coco.IssueLog()
     log.extend(dataset.issues)
-    shards = [_join(output_dir, f"{prefix}-{i:05d}-of-{num_shards:05d}.tfrecord") for i in range(num_shards)]
+    shards = [join(output_dir, f"{prefix}-{i:05d}-of-{num_shards:05d}.tfrecord") for i in range(num_shards)]
     run_tag = uuid.uuid4().hex[:8]
     temporaries = [f"{s}.tmp-{run_tag}" for s in shards]
     writers = [tf.io.TFRecordWriter(t) for t in temporaries]
@@ -165,20 +193,32 @@ def convert_coco(annotations_path: str, images_dir: str, output_dir: str, num_sh
                 tf.io.gfile.remove(temporary)
 
     stats = counter.to_json_dict()
-    stats["source"] = {"annotations": annotations_path, "images": images_dir, "prefix": prefix,
-                       "shards": [posixpath.basename(s) for s in shards]}
+    stats["source"] = {
+        "annotations": annotations_path,
+        "images": images_dir,
+        "prefix": prefix,
+        "shards": [posixpath.basename(s) for s in shards],
+    }
     report = ConversionReport(
-        annotations_path=annotations_path, images_dir=images_dir, output_dir=output_dir, prefix=prefix,
-        strict=strict, published=published, shards=shards if published else [],
-        num_images_in=dataset.num_images_in, num_images_out=counter.num_images,
-        num_annotations_in=dataset.num_annotations_in, num_annotations_out=counter.num_annotations,
+        annotations_path=annotations_path,
+        images_dir=images_dir,
+        output_dir=output_dir,
+        prefix=prefix,
+        strict=strict,
+        published=published,
+        shards=shards if published else [],
+        num_images_in=dataset.num_images_in,
+        num_images_out=counter.num_images,
+        num_annotations_in=dataset.num_annotations_in,
+        num_annotations_out=counter.num_annotations,
         counts=dict(log.counts),
         examples={r: [dataclasses.asdict(i) for i in issues] for r, issues in sorted(log.examples.items())},
-        stats=stats)
+        stats=stats,
+    )
     if published:
-        dataset.label_map.save(_join(output_dir, LABEL_MAP_FILENAME))
-        write_text_atomic(_join(output_dir, STATS_FILENAME), json.dumps(stats, indent=2) + "\n")
-    write_text_atomic(_join(output_dir, REPORT_FILENAME), json.dumps(report.to_json_dict(), indent=2) + "\n")
+        dataset.label_map.save(join(output_dir, LABEL_MAP_FILENAME))
+        write_atomic(join(output_dir, STATS_FILENAME), json.dumps(stats, indent=2) + "\n")
+    write_atomic(join(output_dir, REPORT_FILENAME), json.dumps(report.to_json_dict(), indent=2) + "\n")
     return report
 
 
@@ -283,9 +323,16 @@ class _StatsCounter:
             "num_instances": sum(self.instances.values()),
             "num_crowd": self.num_crowd,
             "images_without_instances": self.images_without_instances,
-            "classes": [{"id": c, "name": self.label_map.name(c), "coco_id": self.label_map.to_coco_id(c),
-                         "instances": self.instances[c], "images": self.images[c]}
-                        for c in range(1, self.label_map.num_classes + 1)],
+            "classes": [
+                {
+                    "id": c,
+                    "name": self.label_map.name(c),
+                    "coco_id": self.label_map.to_coco_id(c),
+                    "instances": self.instances[c],
+                    "images": self.images[c],
+                }
+                for c in range(1, self.label_map.num_classes + 1)
+            ],
         }
 
 
@@ -293,7 +340,7 @@ def _check_label_map_compatible(output_dir: str, prefix: str, label_map: LabelMa
     """Refuses to replace a different label map that shards of another prefix were written with."""
     import tensorflow as tf
 
-    existing_path = _join(output_dir, LABEL_MAP_FILENAME)
+    existing_path = join(output_dir, LABEL_MAP_FILENAME)
     if not tf.io.gfile.exists(existing_path):
         return
     try:
@@ -307,7 +354,8 @@ def _check_label_map_compatible(output_dir: str, prefix: str, label_map: LabelMa
         raise ConversionError(
             f"{existing_path} lists other classes than {annotations_path}, and {', '.join(others[:3])}"
             f"{' ...' if len(others) > 3 else ''} in {output_dir} were written with it; convert into another "
-            "--output directory (one per split), or delete the old files")
+            "--output directory (one per split), or delete the old files"
+        )
 
 
 def _remove_stale_shards(output_dir: str, prefix: str, keep: list[str]) -> None:
@@ -317,7 +365,7 @@ def _remove_stale_shards(output_dir: str, prefix: str, keep: list[str]) -> None:
     keep_names = {posixpath.basename(k) if "://" in k else os.path.basename(k) for k in keep}
     for name in tf.io.gfile.listdir(output_dir):
         if pattern.fullmatch(name) and name not in keep_names:
-            tf.io.gfile.remove(_join(output_dir, name))
+            tf.io.gfile.remove(join(output_dir, name))
 
 
 def _shard_name_pattern(prefix: str) -> re.Pattern:
@@ -334,28 +382,36 @@ def _default_prefix(annotations_path: str) -> str:
     return name[:-5] if name.lower().endswith(".json") else name
 
 
-def _join(directory: str, name: str) -> str:
-    return posixpath.join(directory, name) if "://" in directory else os.path.join(directory, name)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--annotations", required=True, help="COCO instances JSON (local or gs://)")
     parser.add_argument("--images", required=True, help="directory the JSON file_name entries are relative to")
     parser.add_argument("--output", required=True, help="output directory (one per split)")
-    parser.add_argument("--num-shards", type=int, default=None,
-                        help=f"number of TFRecord shards (default: one per {IMAGES_PER_SHARD} images)")
+    parser.add_argument(
+        "--num-shards",
+        type=int,
+        default=None,
+        help=f"number of TFRecord shards (default: one per {IMAGES_PER_SHARD} images)",
+    )
     parser.add_argument("--prefix", default=None, help="shard file prefix (default: the JSON file name stem)")
-    parser.add_argument("--strict", action="store_true",
-                        help="exit with 1 and write no shards if any image or annotation is skipped")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit with 1 and write no shards if any image or annotation is skipped"
+    )
     parser.add_argument("--workers", type=int, default=None, help="reader threads (default: min(8, CPUs))")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        report = convert_coco(args.annotations, args.images, args.output, num_shards=args.num_shards,
-                              prefix=args.prefix, strict=args.strict, workers=args.workers,
-                              progress=not args.no_progress)
+        report = convert_coco(
+            args.annotations,
+            args.images,
+            args.output,
+            num_shards=args.num_shards,
+            prefix=args.prefix,
+            strict=args.strict,
+            workers=args.workers,
+            progress=not args.no_progress,
+        )
     except (ConversionError, coco.CocoFormatError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -15,11 +15,21 @@ import numpy as np
 
 # Pillow mode -> conversion reason; modes not listed here (e.g. "F", "LAB") are unsupported.
 _MODE_REASONS = {
-    "RGB": None, "L": "grayscale_converted", "1": "grayscale_converted", "LA": "grayscale_converted",
-    "RGBA": "rgba_converted", "RGBX": "rgba_converted", "RGBa": "rgba_converted",
-    "CMYK": "cmyk_converted", "P": "palette_converted", "PA": "palette_converted",
-    "I;16": "16bit_converted", "I;16L": "16bit_converted", "I;16B": "16bit_converted",
-    "I;16N": "16bit_converted", "I": "16bit_converted",
+    "RGB": None,
+    "L": "grayscale_converted",
+    "1": "grayscale_converted",
+    "LA": "grayscale_converted",
+    "RGBA": "rgba_converted",
+    "RGBX": "rgba_converted",
+    "RGBa": "rgba_converted",
+    "CMYK": "cmyk_converted",
+    "P": "palette_converted",
+    "PA": "palette_converted",
+    "I;16": "16bit_converted",
+    "I;16L": "16bit_converted",
+    "I;16B": "16bit_converted",
+    "I;16N": "16bit_converted",
+    "I": "16bit_converted",
 }
 _KEPT_FORMATS = {"JPEG": "jpeg", "PNG": "png"}
 
@@ -42,8 +52,9 @@ def decode_to_rgb(data: bytes) -> tuple[np.ndarray, str, list[str]]:
         if image.format not in _KEPT_FORMATS:
             reasons.append("format_converted")
         if image.mode not in _MODE_REASONS:
-            raise UnsupportedImageMode(f"pixel mode {image.mode!r} has no defined conversion to 8-bit RGB; "
-                                       "convert the file to RGB JPEG or PNG")
+            raise UnsupportedImageMode(
+                f"pixel mode {image.mode!r} has no defined conversion to 8-bit RGB; convert the file to RGB JPEG or PNG"
+            )
         mode_reason = _MODE_REASONS[image.mode]
         if mode_reason:
             reasons.append(mode_reason)

@@ -21,12 +21,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import posixpath
-import uuid
 from typing import Any
 
-LABEL_MAP_FILENAME = "label_map.json"
+from tfmaskrcnn import io
+from tfmaskrcnn.io import LABEL_MAP_FILENAME  # noqa: F401  (re-exported: the name every reader uses)
+
 FORMAT_NAME = "tfmaskrcnn.label_map"
 FORMAT_VERSION = 1
 
@@ -48,8 +47,8 @@ class LabelMap:
             raise ValueError("a label map needs at least one class")
         if len(self.names) != len(self.coco_ids):
             raise ValueError(
-                f"label map has {len(self.names)} names but {len(self.coco_ids)} COCO ids; "
-                "give one COCO id per class")
+                f"label map has {len(self.names)} names but {len(self.coco_ids)} COCO ids; give one COCO id per class"
+            )
         for class_id, name in enumerate(self.names, start=1):
             if not isinstance(name, str) or not name.strip():
                 raise ValueError(f"class id {class_id} has an empty name; every class needs a name")
@@ -85,8 +84,8 @@ class LabelMap:
             return self._index()[coco_id]
         except KeyError:
             raise ValueError(
-                f"COCO category id {coco_id} is not in the label map "
-                f"(known ids: {_short_list(self.coco_ids)})") from None
+                f"COCO category id {coco_id} is not in the label map (known ids: {_short_list(self.coco_ids)})"
+            ) from None
 
     def to_coco_id(self, class_id: int) -> int:
         """COCO category id of contiguous class id 1..K."""
@@ -97,7 +96,8 @@ class LabelMap:
         if isinstance(class_id, bool) or not isinstance(class_id, int) or not 1 <= class_id <= self.num_classes:
             raise ValueError(
                 f"class id {class_id!r} is out of range: this label map has classes 1..{self.num_classes} "
-                "(0 is background)")
+                "(0 is background)"
+            )
 
     @classmethod
     def from_coco_categories(cls, categories: list[dict]) -> "LabelMap":
@@ -108,11 +108,11 @@ class LabelMap:
         warning, because it is easy to confuse with class 0.
         """
         if not isinstance(categories, list) or not categories:
-            raise ValueError("`categories` must be a non-empty list of {\"id\", \"name\"} objects")
+            raise ValueError('`categories` must be a non-empty list of {"id", "name"} objects')
         parsed = []
         for position, category in enumerate(categories):
             if not isinstance(category, dict) or "id" not in category or "name" not in category:
-                raise ValueError(f"categories[{position}] = {category!r} needs an \"id\" and a \"name\"")
+                raise ValueError(f'categories[{position}] = {category!r} needs an "id" and a "name"')
             coco_id, name = category["id"], category["name"]
             if isinstance(coco_id, bool) or not isinstance(coco_id, int):
                 raise ValueError(f"categories[{position}] has id {coco_id!r}; category ids must be integers")
@@ -120,7 +120,8 @@ class LabelMap:
                 raise ValueError(
                     f"categories[{position}] ({name!r}) uses id 0, which Mask R-CNN reserves for background; "
                     "renumber the categories from 1 (for example add 1 to every category id and to every "
-                    "annotation's category_id)")
+                    "annotation's category_id)"
+                )
             if coco_id < 0:
                 raise ValueError(f"categories[{position}] ({name!r}) has negative id {coco_id}")
             if not isinstance(name, str) or not name.strip():
@@ -128,7 +129,10 @@ class LabelMap:
             if name.strip().lower() == "background":
                 _log.warning(
                     "category id %d is named %r: it is a real class, distinct from class 0 (background); "
-                    "rename it if that is not intended", coco_id, name)
+                    "rename it if that is not intended",
+                    coco_id,
+                    name,
+                )
             parsed.append((coco_id, name))
         parsed.sort()
         return cls(names=tuple(n for _, n in parsed), coco_ids=tuple(i for i, _ in parsed))
@@ -147,27 +151,31 @@ class LabelMap:
     def from_json_dict(cls, data: Any, source: str = "label map") -> "LabelMap":
         """Parses the JSON form; `source` names the file in error messages."""
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-            raise ValueError(f"{source}: not a label map (expected \"format\": \"{FORMAT_NAME}\")")
+            raise ValueError(f'{source}: not a label map (expected "format": "{FORMAT_NAME}")')
         if data.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{source}: label map version {data.get('version')!r} is not supported "
-                             f"(this tfmaskrcnn reads version {FORMAT_VERSION})")
+            raise ValueError(
+                f"{source}: label map version {data.get('version')!r} is not supported "
+                f"(this tfmaskrcnn reads version {FORMAT_VERSION})"
+            )
         classes = data.get("classes")
         if not isinstance(classes, list) or not classes:
-            raise ValueError(f"{source}: \"classes\" must be a non-empty list")
+            raise ValueError(f'{source}: "classes" must be a non-empty list')
         by_id: dict[int, tuple[str, int]] = {}
         for position, entry in enumerate(classes):
             if not isinstance(entry, dict) or "id" not in entry or "name" not in entry:
-                raise ValueError(f"{source}: classes[{position}] = {entry!r} needs \"id\" and \"name\"")
+                raise ValueError(f'{source}: classes[{position}] = {entry!r} needs "id" and "name"')
             class_id = entry["id"]
             if isinstance(class_id, bool) or not isinstance(class_id, int):
                 raise ValueError(f"{source}: classes[{position}] has id {class_id!r}; ids must be integers")
             if class_id == 0:
                 raise ValueError(
                     f"{source}: classes[{position}] ({entry['name']!r}) uses id 0, which is reserved for "
-                    "background; number the classes 1..K")
+                    "background; number the classes 1..K"
+                )
             if class_id in by_id:
-                raise ValueError(f"{source}: class id {class_id} appears twice "
-                                 f"({by_id[class_id][0]!r} and {entry['name']!r})")
+                raise ValueError(
+                    f"{source}: class id {class_id} appears twice ({by_id[class_id][0]!r} and {entry['name']!r})"
+                )
             # A hand-written label map may omit coco_id; the class id then stands for it.
             by_id[class_id] = (entry["name"], entry.get("coco_id", class_id))
         expected = list(range(1, len(by_id) + 1))
@@ -175,7 +183,8 @@ class LabelMap:
             missing = sorted(set(expected) - set(by_id))
             raise ValueError(
                 f"{source}: class ids must be contiguous 1..{len(by_id)}; got {_short_list(sorted(by_id))}"
-                + (f" (missing {_short_list(missing)})" if missing else ""))
+                + (f" (missing {_short_list(missing)})" if missing else "")
+            )
         try:
             return cls(names=tuple(by_id[i][0] for i in expected), coco_ids=tuple(by_id[i][1] for i in expected))
         except ValueError as error:
@@ -189,7 +198,8 @@ class LabelMap:
         if not tf.io.gfile.exists(path):
             raise FileNotFoundError(
                 f"label map {path} not found; `tfmaskrcnn convert` writes {LABEL_MAP_FILENAME} next to the "
-                "TFRecord shards")
+                "TFRecord shards"
+            )
         with tf.io.gfile.GFile(path, "r") as f:
             text = f.read()
         try:
@@ -200,7 +210,7 @@ class LabelMap:
 
     def save(self, path: str) -> None:
         """Writes the map atomically (temporary file, then rename)."""
-        write_text_atomic(path, json.dumps(self.to_json_dict(), indent=2) + "\n")
+        io.write_atomic(path, json.dumps(self.to_json_dict(), indent=2) + "\n")
 
 
 def find_label_map(input_path_pattern: str) -> str | None:
@@ -214,39 +224,11 @@ def find_label_map(input_path_pattern: str) -> str | None:
     for pattern in (p.strip() for p in input_path_pattern.split(",")):
         if not pattern:
             continue
-        directory = pattern if tf.io.gfile.isdir(pattern) else _dirname(pattern)
-        candidate = _join(directory, LABEL_MAP_FILENAME)
+        directory = pattern if tf.io.gfile.isdir(pattern) else io.dirname(pattern)
+        candidate = io.join(directory, LABEL_MAP_FILENAME)
         if tf.io.gfile.exists(candidate):
             return candidate
     return None
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes `text` to `path` through a temporary file in the same directory, then renames it."""
-    import tensorflow as tf
-
-    directory = _dirname(path)
-    if directory:
-        tf.io.gfile.makedirs(directory)
-    temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with tf.io.gfile.GFile(temporary, "w") as f:
-            f.write(text)
-        tf.io.gfile.rename(temporary, path, overwrite=True)
-    finally:
-        if tf.io.gfile.exists(temporary):
-            tf.io.gfile.remove(temporary)
-
-
-def _dirname(path: str) -> str:
-    # URLs such as gs://bucket/dir/file use "/" on every platform.
-    if "://" in path:
-        return posixpath.dirname(path)
-    return os.path.dirname(path) or "."
-
-
-def _join(directory: str, name: str) -> str:
-    return posixpath.join(directory, name) if "://" in directory else os.path.join(directory, name)
 
 
 def _raise_on_duplicates(what: str, values) -> None:

@@ -1,4 +1,4 @@
-"""Per-class statistics of a converted dataset, and the `tfmaskrcnn stats` command.
+"""Per-class statistics of a converted dataset (the `tfmaskrcnn stats` command is `tfmaskrcnn.cli.stats`).
 
 `ClassStats` holds class names, non-crowd instance and image counts and the image
 count, read from the converter's `dataset_stats.json` or computed in one pass over
@@ -16,7 +16,6 @@ shards listed in its dataset_stats.json are read (one split per directory).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -27,11 +26,11 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tfmaskrcnn import losses
-from tfmaskrcnn.data import sampling
-from tfmaskrcnn.data.label_map import LABEL_MAP_FILENAME, LabelMap, write_text_atomic
+from tfmaskrcnn import io
+from tfmaskrcnn.data.label_map import LabelMap
+from tfmaskrcnn.io import DATASET_STATS_FILENAME as STATS_FILE
+from tfmaskrcnn.io import LABEL_MAP_FILENAME
 
-STATS_FILE = "dataset_stats.json"
 # The converter's `train-00000-of-00004.tfrecord`, then the `train.tfrecord-00000-of-00004` of
 # other tools (never the converter's `.tfrecord.tmp-*` temporaries).
 TFRECORD_PATTERNS = ("*.tfrecord", "*.tfrecord-*-of-*")
@@ -68,8 +67,10 @@ class ClassStats:
             found.append(f"num_images {self.num_images} vs {other.num_images}")
         if self.names != other.names:
             found.append(f"class names {self.names} vs {other.names}")
-        for label, mine, theirs in (("instances", self.instance_counts, other.instance_counts),
-                                    ("images", self.image_counts, other.image_counts)):
+        for label, mine, theirs in (
+            ("instances", self.instance_counts, other.instance_counts),
+            ("images", self.image_counts, other.image_counts),
+        ):
             if len(mine) != len(theirs) or np.any(mine != theirs):
                 found.append(f"{label} per class {mine.tolist()} vs {theirs.tolist()}")
         return found
@@ -108,8 +109,10 @@ def load_dataset_stats(path: str) -> ClassStats:
         images = np.array([int(entry["images"]) for entry in entries], dtype=np.int64)
         num_images = int(data["num_images"])
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{path}: missing or non-integer field ({error}); each class needs "
-                         f"'instances' and 'images', the file 'num_images'") from error
+        raise ValueError(
+            f"{path}: missing or non-integer field ({error}); each class needs "
+            f"'instances' and 'images', the file 'num_images'"
+        ) from error
     return ClassStats(names, instances, images, num_images)
 
 
@@ -150,13 +153,17 @@ def compute_from_tfrecords(
                 labels = np.asarray(labels, dtype=np.int64)
                 crowd = np.asarray(crowd, dtype=np.int64)
                 if crowd.size not in (0, labels.size):
-                    raise ValueError(f"{path}: record {record} has {labels.size} labels but {crowd.size} "
-                                     "is_crowd flags; re-run `tfmaskrcnn convert`")
+                    raise ValueError(
+                        f"{path}: record {record} has {labels.size} labels but {crowd.size} "
+                        "is_crowd flags; re-run `tfmaskrcnn convert`"
+                    )
                 kept = labels[crowd == 0] if crowd.size else labels
                 bad = kept[(kept < 1) | (kept > highest)]
                 if bad.size:
-                    raise ValueError(f"{path}: record {record} has class label {int(bad[0])}; labels must be "
-                                     f"{limit} (0 is background): fix the label map and re-run `tfmaskrcnn convert`")
+                    raise ValueError(
+                        f"{path}: record {record} has class label {int(bad[0])}; labels must be "
+                        f"{limit} (0 is background): fix the label map and re-run `tfmaskrcnn convert`"
+                    )
                 instance_labels.append(kept)
                 image_classes.append(tuple(sorted(set(kept.tolist()))))
                 record += 1
@@ -185,9 +192,10 @@ def _read_batches(tf, dataset, path, records_read):
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
             # TF prefixes the reason with "{{function_node ...}}" and suffixes " [Op:...]".
             reason = re.sub(r"\{\{.*?\}\}\s*", "", error.message).split(" [Op:")[0].strip()
-            raise ValueError(f"{path}: unreadable after {records_read()} records ({reason}); "
-                             "the file is truncated or not a TFRecord of tf.Examples: re-run `tfmaskrcnn convert`"
-                             ) from error
+            raise ValueError(
+                f"{path}: unreadable after {records_read()} records ({reason}); "
+                "the file is truncated or not a TFRecord of tf.Examples: re-run `tfmaskrcnn convert`"
+            ) from error
 
 
 def find_tfrecords(data: str) -> List[str]:
@@ -199,7 +207,7 @@ def find_tfrecords(data: str) -> List[str]:
         if listed:
             return listed
         for pattern in TFRECORD_PATTERNS:
-            files = sorted(tf.io.gfile.glob(_join(data, pattern)))
+            files = sorted(tf.io.gfile.glob(io.join(data, pattern)))
             if files:
                 return files
         return []
@@ -210,22 +218,18 @@ def _shards_listed_in_stats(directory: str) -> List[str]:
     """The shards dataset_stats.json describes, when it names them and they all exist."""
     import tensorflow as tf
 
-    path = _join(directory, STATS_FILE)
+    path = io.join(directory, STATS_FILE)
     if not tf.io.gfile.exists(path):
         return []
     data = _read_json(path)
     names = data.get("source", {}).get("shards") if isinstance(data, dict) else None
     if not isinstance(names, list) or not names:
         return []
-    files = [_join(directory, str(name)) for name in names]
+    files = [io.join(directory, str(name)) for name in names]
     return files if all(tf.io.gfile.exists(f) for f in files) else []
 
 
-def _join(directory: str, name: str) -> str:
-    return posixpath.join(directory, name) if "://" in directory else os.path.join(directory, name)
-
-
-def _data_directory(data: str) -> str:
+def data_directory(data: str) -> str:
     import tensorflow as tf
 
     if tf.io.gfile.isdir(data):
@@ -242,131 +246,18 @@ def load_class_stats(data: str, source: str = "auto", show_progress: bool = True
     """
     import tensorflow as tf
 
-    directory = _data_directory(data)
-    stats_path = _join(directory, STATS_FILE)
-    label_map_path = _join(directory, LABEL_MAP_FILENAME)
+    directory = data_directory(data)
+    stats_path = io.join(directory, STATS_FILE)
+    label_map_path = io.join(directory, LABEL_MAP_FILENAME)
     files = find_tfrecords(data) if source != "json" else []
     if source == "json" or (source == "auto" and not files and tf.io.gfile.isdir(data)):
         if not tf.io.gfile.exists(stats_path):
-            raise FileNotFoundError(f"{data}: no TFRecord shards and no {STATS_FILE}; point DATA at the "
-                                    "output directory of `tfmaskrcnn convert` or at a TFRecord glob")
+            raise FileNotFoundError(
+                f"{data}: no TFRecord shards and no {STATS_FILE}; point DATA at the "
+                "output directory of `tfmaskrcnn convert` or at a TFRecord glob"
+            )
         return load_dataset_stats(stats_path)
     if not files:
         raise FileNotFoundError(f"{data}: no TFRecord files match; give the converter output directory or a glob")
     names = LabelMap.load(label_map_path).names if tf.io.gfile.exists(label_map_path) else None
     return compute_from_tfrecords(files, names, show_progress=show_progress)
-
-
-def balance_report(stats: ClassStats, scheme: str, beta: float, background_weight: float,
-                   max_ratio: Optional[float], threshold: Optional[float]) -> dict:
-    """Everything the command prints, as plain data (the json format)."""
-    frequency = stats.image_frequency()
-    chosen = threshold is None
-    threshold = sampling.choose_threshold(frequency) if chosen else float(threshold)
-    repeat = sampling.repeat_factors(frequency, threshold)
-    after = (sampling.expected_image_frequency_after(stats.image_classes, repeat)
-             if stats.image_classes is not None else None)
-    weights = {name: losses.compute_class_weights(stats.instance_counts, name, beta=beta,
-                                                  background_weight=background_weight, max_ratio=max_ratio)
-               for name in COMPUTED_SCHEMES}
-    classes = []
-    for i, name in enumerate(stats.names):
-        classes.append({
-            "id": i + 1, "name": name, "instances": int(stats.instance_counts[i]),
-            "images": int(stats.image_counts[i]), "image_frequency": float(frequency[i]),
-            "weights": {scheme_name: float(w[i + 1]) for scheme_name, w in weights.items()},
-            "repeat_factor": float(repeat[i]),
-            "image_frequency_after_sampling": None if after is None else float(after[i]),
-        })
-    return {
-        "num_images": stats.num_images, "num_instances": int(stats.instance_counts.sum()),
-        "scheme": scheme, "beta": beta, "background_weight": background_weight, "max_ratio": max_ratio,
-        "class_weights": weights[scheme].tolist(),
-        "threshold": threshold,
-        "threshold_rule": "max image frequency / 2" if chosen else "given",
-        "classes": classes,
-    }
-
-
-def format_table(report: dict) -> str:
-    lines = [f"{report['num_images']} images, {report['num_instances']} non-crowd instances, "
-             f"{len(report['classes'])} classes"]
-    header = ["id", "name", "instances", "images", "img_freq"] + [f"w_{s}" for s in COMPUTED_SCHEMES[1:]]
-    header += ["repeat", "freq_after"]
-    rows = [header]
-    for entry in report["classes"]:
-        after = entry["image_frequency_after_sampling"]
-        rows.append([str(entry["id"]), entry["name"], str(entry["instances"]), str(entry["images"]),
-                     f"{entry['image_frequency']:.4f}"]
-                    + [f"{entry['weights'][s]:.4g}" for s in COMPUTED_SCHEMES[1:]]
-                    + [f"{entry['repeat_factor']:.3g}", "-" if after is None else f"{after:.4f}"])
-    widths = [max(len(row[col]) for row in rows) for col in range(len(header))]
-    for row in rows:
-        lines.append("  ".join(cell.rjust(width) if col != 1 else cell.ljust(width)
-                               for col, (cell, width) in enumerate(zip(row, widths))))
-    counts = [c["instances"] for c in report["classes"] if c["instances"] > 0]
-    if counts:
-        lines.append(f"imbalance (most / fewest instances): {max(counts) / min(counts):.1f}")
-    lines.append(f"weights: foreground normalized to an instance-weighted mean of 1, background "
-                 f"{report['background_weight']:g}, beta {report['beta']:g}")
-    lines.append(f"repeat-factor threshold {report['threshold']:.4g} ({report['threshold_rule']})")
-    if report["classes"] and report["classes"][0]["image_frequency_after_sampling"] is None:
-        lines.append("freq_after needs each image's classes: point DATA at the TFRecords (--source tfrecord)")
-    return "\n".join(lines)
-
-
-def format_yaml(report: dict, data: str) -> str:
-    weights = ", ".join(f"{w:.6g}" for w in report["class_weights"])
-    return "\n".join([
-        f"# tfmaskrcnn stats {data}: {report['scheme']} weights (background first), "
-        f"repeat-factor threshold {report['threshold']:.6g} ({report['threshold_rule']})",
-        "task:",
-        "  class_balance:",
-        "    weighting:",
-        "      scheme: explicit",
-        f"      weights: [{weights}]",
-        "  train_data:",
-        "    sampling:",
-        "      type: repeat_factor",
-        f"      threshold: {report['threshold']:.6g}",
-    ])
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", metavar="DATA", help="converter output directory, or a TFRecord glob (quote it)")
-    parser.add_argument("--source", choices=("auto", "json", "tfrecord"), default="auto",
-                        help="read dataset_stats.json or scan the TFRecords (auto: scan when there are shards)")
-    parser.add_argument("--scheme", choices=COMPUTED_SCHEMES, default="sqrt_inverse",
-                        help="weighting scheme written by --format yaml/json (the table shows all)")
-    parser.add_argument("--beta", type=float, default=0.999, help="beta of effective_number")
-    parser.add_argument("--background-weight", type=float, default=1.0)
-    parser.add_argument("--max-ratio", type=float, default=None, help="cap largest/smallest foreground weight")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="repeat-factor threshold t; default max image frequency / 2")
-    parser.add_argument("--format", choices=("table", "yaml", "json"), default="table")
-    parser.add_argument("--output", default=None, help="write to this file (atomically) instead of stdout")
-
-
-def main(args: argparse.Namespace) -> int:
-    import tensorflow as tf
-
-    stats = load_class_stats(args.data, args.source)
-    stats_path = _join(_data_directory(args.data), STATS_FILE)
-    if stats.image_classes is not None and tf.io.gfile.isdir(args.data) and tf.io.gfile.exists(stats_path):
-        disagreements = load_dataset_stats(stats_path).differences(stats)
-        if disagreements:
-            print(f"warning: {stats_path} disagrees with the TFRecords: " + "; ".join(disagreements),
-                  file=sys.stderr)
-    report = balance_report(stats, args.scheme, args.beta, args.background_weight, args.max_ratio, args.threshold)
-    if args.format == "json":
-        text = json.dumps(report, indent=2)
-    elif args.format == "yaml":
-        text = format_yaml(report, args.data)
-    else:
-        text = format_table(report)
-    if args.output is None:
-        print(text)
-    else:
-        write_text_atomic(args.output, text + "\n")
-        print(f"wrote {args.output}", file=sys.stderr)
-    return 0

@@ -24,8 +24,8 @@ _SEVERITY = {OK: 0, WARNING: 1, COLLAPSE: 2}
 
 @dataclasses.dataclass(frozen=True)
 class Alarm:
-    verdict: str                 # "ok", "warning" or "collapse"
-    reasons: tuple[str, ...]     # one human-readable sentence per signal that fired
+    verdict: str  # "ok", "warning" or "collapse"
+    reasons: tuple[str, ...]  # one human-readable sentence per signal that fired
 
     def as_dict(self) -> dict:
         return {"verdict": self.verdict, "reasons": list(self.reasons)}
@@ -67,28 +67,45 @@ def collapse_alarm(
     pred = np.asarray(predicted, dtype=np.float64)
     rec = np.asarray(recall, dtype=np.float64)
     if not (len(names) == gt.size == pred.size == rec.size):
-        raise ValueError(f"per-class inputs differ in length: {len(names)} names, {gt.size} gt counts, "
-                         f"{pred.size} predicted counts, {rec.size} recalls")
+        raise ValueError(
+            f"per-class inputs differ in length: {len(names)} names, {gt.size} gt counts, "
+            f"{pred.size} predicted counts, {rec.size} recalls"
+        )
     findings: list[tuple[str, str]] = []
     total_pred, total_gt = pred.sum(), gt.sum()
 
     if total_pred == 0:
         if total_gt > 0:
-            findings.append((WARNING, "no detection reaches the score threshold: lower --score-threshold or "
-                                      "check that the model is trained and the checkpoint loaded"))
+            findings.append(
+                (
+                    WARNING,
+                    "no detection reaches the score threshold: lower --score-threshold or "
+                    "check that the model is trained and the checkpoint loaded",
+                )
+            )
     elif total_pred >= min_detections and total_gt > 0:
         top = int(np.argmax(pred))
         pred_share, gt_share = pred[top] / total_pred, gt[top] / total_gt
         if pred_share > dominant_share and gt_share < pred_share / dominance_ratio:
-            findings.append((COLLAPSE, f"'{names[top]}' takes {pred_share:.0%} of confident detections but only "
-                                       f"{gt_share:.0%} of the ground truth"))
+            findings.append(
+                (
+                    COLLAPSE,
+                    f"'{names[top]}' takes {pred_share:.0%} of confident detections but only "
+                    f"{gt_share:.0%} of the ground truth",
+                )
+            )
 
     with_gt = gt > 0
     zero_recall = with_gt & (np.nan_to_num(rec, nan=0.0) == 0)
     many_zero_recall = bool(with_gt.sum() > 1 and zero_recall.sum() >= zero_recall_fraction * with_gt.sum())
     if many_zero_recall:
-        findings.append((WARNING, f"{int(zero_recall.sum())} of {int(with_gt.sum())} classes with ground truth "
-                                  "are never found (recall 0)"))
+        findings.append(
+            (
+                WARNING,
+                f"{int(zero_recall.sum())} of {int(with_gt.sum())} classes with ground truth "
+                "are never found (recall 0)",
+            )
+        )
 
     never = np.flatnonzero((gt >= min_gt_for_never_predicted) & (pred == 0))
     if never.size:

@@ -28,13 +28,13 @@ class Confusion:
     """Counts over all images; index len(category_ids) is the background row/column."""
 
     category_ids: tuple[int, ...]
-    matrix: np.ndarray            # [K+1, K+1] int64, rows = true class, columns = predicted class
-    gt_instances: np.ndarray      # [K] non-crowd ground-truth objects per class
-    gt_images: np.ndarray         # [K] images with at least one such object
-    predicted: np.ndarray         # [K] detections with score >= score_threshold per class
-    pair_image_ids: np.ndarray    # [P] image of each counted (true, predicted) pair
-    pair_true: np.ndarray         # [P] row index of each pair
-    pair_pred: np.ndarray         # [P] column index of each pair
+    matrix: np.ndarray  # [K+1, K+1] int64, rows = true class, columns = predicted class
+    gt_instances: np.ndarray  # [K] non-crowd ground-truth objects per class
+    gt_images: np.ndarray  # [K] images with at least one such object
+    predicted: np.ndarray  # [K] detections with score >= score_threshold per class
+    pair_image_ids: np.ndarray  # [P] image of each counted (true, predicted) pair
+    pair_true: np.ndarray  # [P] row index of each pair
+    pair_pred: np.ndarray  # [P] column index of each pair
     score_threshold: float
     iou_threshold: float
     iou_type: str
@@ -99,8 +99,10 @@ def _detection_region(det: dict, iou_type: str, where: str) -> Any:
     if iou_type == "bbox":
         return det["bbox"]
     if "segmentation" not in det:
-        raise ValueError(f"{where}: detection has no 'segmentation'; mask IoU needs RLE masks "
-                         "(use iou_type='bbox' for box-only results)")
+        raise ValueError(
+            f"{where}: detection has no 'segmentation'; mask IoU needs RLE masks "
+            "(use iou_type='bbox' for box-only results)"
+        )
     return det["segmentation"]
 
 
@@ -144,9 +146,11 @@ def detection_confusion(
             continue
         category = int(det["category_id"])
         if category not in index_of:
-            raise ValueError(f"detection #{n} (image {det['image_id']}) has category_id {category}, which is not "
-                             f"a ground-truth category {list(category_ids)[:10]}...; map detection classes to the "
-                             "ground truth's ids (COCO JSON ids, or contiguous 1..K for TFRecords)")
+            raise ValueError(
+                f"detection #{n} (image {det['image_id']}) has category_id {category}, which is not "
+                f"a ground-truth category {list(category_ids)[:10]}...; map detection classes to the "
+                "ground truth's ids (COCO JSON ids, or contiguous 1..K for TFRecords)"
+            )
         if int(det["image_id"]) not in known_images:
             raise ValueError(f"detection #{n} refers to image_id {det['image_id']}, which is not in the ground truth")
         predicted[index_of[category]] += 1
@@ -168,8 +172,9 @@ def detection_confusion(
         det_class = np.array([index_of[int(detections[n]["category_id"])] for n in det_ids], dtype=np.int64)
         det_regions = [_detection_region(detections[n], iou_type, f"detection #{n}") for n in det_ids]
 
-        matches = greedy_match(_iou(det_regions, _regions(coco_gt, objects, iou_type), [False] * len(objects)),
-                               iou_threshold)
+        matches = greedy_match(
+            _iou(det_regions, _regions(coco_gt, objects, iou_type), [False] * len(objects)), iou_threshold
+        )
         matched_gt = np.zeros(len(objects), dtype=bool)
         matched_gt[matches[matches >= 0]] = True
         spurious = matches < 0
@@ -178,10 +183,12 @@ def detection_confusion(
             covers_crowd = _iou(spurious_regions, _regions(coco_gt, crowds, iou_type), [True] * len(crowds))
             spurious[np.flatnonzero(spurious)[covers_crowd.max(axis=1) >= iou_threshold]] = False
 
-        true = np.concatenate([gt_class[matches[matches >= 0]], gt_class[~matched_gt],
-                               np.full(int(spurious.sum()), background)])
-        pred = np.concatenate([det_class[matches >= 0], np.full(int((~matched_gt).sum()), background),
-                               det_class[spurious]])
+        true = np.concatenate(
+            [gt_class[matches[matches >= 0]], gt_class[~matched_gt], np.full(int(spurious.sum()), background)]
+        )
+        pred = np.concatenate(
+            [det_class[matches >= 0], np.full(int((~matched_gt).sum()), background), det_class[spurious]]
+        )
         pair_images.append(np.full(true.size, image_id, dtype=np.int64))
         pair_true.append(true)
         pair_pred.append(pred)
@@ -191,5 +198,16 @@ def detection_confusion(
     pair_pred = np.concatenate(pair_pred).astype(np.int64) if pair_pred else np.zeros(0, np.int64)
     size = num_classes + 1
     matrix = np.bincount(pair_true * size + pair_pred, minlength=size * size).reshape(size, size)
-    return Confusion(category_ids, matrix, gt_instances, gt_images, predicted, pair_images, pair_true,
-                     pair_pred, float(score_threshold), float(iou_threshold), iou_type)
+    return Confusion(
+        category_ids,
+        matrix,
+        gt_instances,
+        gt_images,
+        predicted,
+        pair_images,
+        pair_true,
+        pair_pred,
+        float(score_threshold),
+        float(iou_threshold),
+        iou_type,
+    )

@@ -25,8 +25,9 @@ from tfmaskrcnn.evaluation import per_class
 class PerClassCOCOEvaluator(coco_evaluator.COCOEvaluator):
     """COCOEvaluator whose evaluate() also returns per-class metrics keyed by class name."""
 
-    def __init__(self, annotation_file: str | None, include_mask: bool, *args: Any,
-                 label_map: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, annotation_file: str | None, include_mask: bool, *args: Any, label_map: Any = None, **kwargs: Any
+    ) -> None:
         """Stock arguments, plus `label_map`: a LabelMap or a list of names for class ids 1..K.
 
         Per-class metrics are always on; `per_category_metrics` is accepted and ignored.

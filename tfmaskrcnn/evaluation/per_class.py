@@ -22,8 +22,18 @@ import numpy as np
 PER_CLASS_METRICS = ("AP", "AP50", "AP75", "AR100")
 IOU_TYPE_PREFIX = {"bbox": "bbox", "segm": "mask"}
 COCO_STAT_NAMES = (
-    "AP", "AP50", "AP75", "APs", "APm", "APl",
-    "ARmax1", "ARmax10", "ARmax100", "ARs", "ARm", "ARl",
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "ARmax1",
+    "ARmax10",
+    "ARmax100",
+    "ARs",
+    "ARm",
+    "ARl",
 )
 
 
@@ -72,8 +82,9 @@ def per_class_from_arrays(
     return {name: metrics[name] for name in PER_CLASS_METRICS}
 
 
-def per_class_metrics(coco_eval: Any, area: str = "all",
-                      max_dets: int | None = None) -> dict[int, dict[str, float | None]]:
+def per_class_metrics(
+    coco_eval: Any, area: str = "all", max_dets: int | None = None
+) -> dict[int, dict[str, float | None]]:
     """Per-class metrics keyed by COCO category id, from an accumulated COCOeval.
 
     `max_dets` defaults to the largest of params.maxDets (100 for the stock settings).
@@ -89,13 +100,20 @@ def per_class_metrics(coco_eval: Any, area: str = "all",
     recall = coco_eval.eval["recall"]
     return {
         int(category_id): per_class_from_arrays(
-            precision, recall, np.asarray(params.iouThrs), k, area_index, maxdet_index)
+            precision, recall, np.asarray(params.iouThrs), k, area_index, maxdet_index
+        )
         for k, category_id in enumerate(params.catIds)
     }
 
 
-def run_coco_eval(coco_gt: Any, coco_dt: Any, iou_type: str, image_ids: Sequence[int] | None = None,
-                  max_dets: int = 100, verbose: bool = False) -> tuple[Any, str]:
+def run_coco_eval(
+    coco_gt: Any,
+    coco_dt: Any,
+    iou_type: str,
+    image_ids: Sequence[int] | None = None,
+    max_dets: int = 100,
+    verbose: bool = False,
+) -> tuple[Any, str]:
     """Runs COCOeval evaluate + accumulate + summarize once over all classes.
 
     pycocotools prints progress and the summary table; that text is captured and
@@ -125,8 +143,9 @@ def overall_stats(coco_eval: Any) -> dict[str, float | None]:
     return {name: (None if value < 0 else float(value)) for name, value in zip(COCO_STAT_NAMES, coco_eval.stats)}
 
 
-def named_per_class_metrics(per_class: dict[int, dict[str, float | None]], names: dict[int, str],
-                            prefix: str) -> dict[str, float]:
+def named_per_class_metrics(
+    per_class: dict[int, dict[str, float | None]], names: dict[int, str], prefix: str
+) -> dict[str, float]:
     """Flat `{prefix}_{metric}/{name}` dict for logging; absent classes are left out."""
     flat = {}
     for category_id, metrics in per_class.items():

@@ -13,39 +13,30 @@ import io
 import json
 import math
 import os
-import tempfile
 from typing import Any, Sequence
 
 import numpy as np
 
-CSV_COLUMNS = ("class", "class_id", "gt_instances", "gt_images", "bbox_AP", "bbox_AP50", "bbox_AP75",
-               "mask_AP", "mask_AP50", "mask_AP75", "precision", "recall", "f1", "predicted")
+from tfmaskrcnn.io import write_atomic
+
+CSV_COLUMNS = (
+    "class",
+    "class_id",
+    "gt_instances",
+    "gt_images",
+    "bbox_AP",
+    "bbox_AP50",
+    "bbox_AP75",
+    "mask_AP",
+    "mask_AP50",
+    "mask_AP75",
+    "precision",
+    "recall",
+    "f1",
+    "predicted",
+)
 COMPARED_METRICS = ("bbox_AP", "mask_AP", "precision", "recall", "f1", "predicted")
 ABSENT = "absent"
-
-
-# ---------------------------------------------------------------- atomic writes
-
-def write_atomic(path: str, data: bytes | str) -> None:
-    """Writes to a temporary file beside `path`, then renames it over `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; reports are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -72,8 +63,10 @@ def _csv_cell(value: Any) -> str:
 
 # ---------------------------------------------------------------- compare
 
-def compare_rows(rows: Sequence[dict], other_metrics: dict,
-                 metrics: Sequence[str] = COMPARED_METRICS) -> dict[str, dict[str, dict]]:
+
+def compare_rows(
+    rows: Sequence[dict], other_metrics: dict, metrics: Sequence[str] = COMPARED_METRICS
+) -> dict[str, dict[str, dict]]:
     """{class: {metric: {this, other, delta}}} matched by class name; delta = this - other.
 
     delta is None when either side is absent; classes only in the other run are listed too.
@@ -81,15 +74,19 @@ def compare_rows(rows: Sequence[dict], other_metrics: dict,
     other_rows = other_metrics.get("per_class", {})
     names = [r["class"] for r in rows] + [n for n in other_rows if n not in {r["class"] for r in rows}]
     ours = {r["class"]: r for r in rows}
-    return {name: {m: _side_by_side(ours.get(name, {}).get(m), other_rows.get(name, {}).get(m)) for m in metrics}
-            for name in names}
+    return {
+        name: {m: _side_by_side(ours.get(name, {}).get(m), other_rows.get(name, {}).get(m)) for m in metrics}
+        for name in names
+    }
 
 
 def compare_overall(overall: dict, other_metrics: dict) -> dict:
     """{iou_type: {stat: {this, other, delta}}} for the overall COCO stats."""
     other = other_metrics.get("overall", {})
-    return {iou_type: {stat: _side_by_side(value, other.get(iou_type, {}).get(stat)) for stat, value in stats.items()}
-            for iou_type, stats in overall.items()}
+    return {
+        iou_type: {stat: _side_by_side(value, other.get(iou_type, {}).get(stat)) for stat, value in stats.items()}
+        for iou_type, stats in overall.items()
+    }
 
 
 def _side_by_side(this: Any, other: Any) -> dict:
@@ -99,8 +96,17 @@ def _side_by_side(this: Any, other: Any) -> dict:
 def rows_with_comparison(rows: Sequence[dict], per_class_compare: dict) -> tuple[list[dict], tuple[str, ...]]:
     """CSV rows and columns with `other_<metric>` and `delta_<metric>` appended after the standard columns."""
     extra = tuple(f"{kind}_{m}" for m in COMPARED_METRICS for kind in ("other", "delta"))
-    merged = [dict(row, **{f"{kind}_{m}": per_class_compare[row["class"]][m][kind]
-                           for m in COMPARED_METRICS for kind in ("other", "delta")}) for row in rows]
+    merged = [
+        dict(
+            row,
+            **{
+                f"{kind}_{m}": per_class_compare[row["class"]][m][kind]
+                for m in COMPARED_METRICS
+                for kind in ("other", "delta")
+            },
+        )
+        for row in rows
+    ]
     return merged, CSV_COLUMNS + extra
 
 
@@ -110,16 +116,20 @@ def load_other_metrics(other_dir: str) -> dict:
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"--compare {other_dir}: no metrics.json there; point it at the --output "
-                                "folder of an earlier `tfmaskrcnn eval` run") from None
+        raise FileNotFoundError(
+            f"--compare {other_dir}: no metrics.json there; point it at the --output "
+            "folder of an earlier `tfmaskrcnn eval` run"
+        ) from None
 
 
 # ---------------------------------------------------------------- plots
+
 
 def _figure_png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
+
     plt.close(fig)
     return buffer.getvalue()
 
@@ -127,6 +137,7 @@ def _figure_png(fig) -> bytes:
 def confusion_png(matrix: np.ndarray, labels: Sequence[str]) -> bytes:
     """Heat map of counts (log colour scale, so single confusions stay visible next to big diagonals)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
@@ -151,6 +162,7 @@ def confusion_png(matrix: np.ndarray, labels: Sequence[str]) -> bytes:
 def per_class_ap_png(rows: Sequence[dict]) -> bytes:
     """Horizontal bars of box and mask AP per class, worst at the top; absent classes left out."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -172,16 +184,20 @@ def per_class_ap_png(rows: Sequence[dict]) -> bytes:
 
 def sort_worst_first(rows: Sequence[dict]) -> list[dict]:
     """By mask AP when there is one, else box AP; absent classes last."""
+
     def key(row):
         value = row.get("mask_AP") if row.get("mask_AP") is not None else row.get("bbox_AP")
         return (value is None, value if value is not None else 0.0, row["class"])
+
     return sorted(rows, key=key)
 
 
 # ---------------------------------------------------------------- sample images
 
+
 def _class_color(class_id: int) -> tuple[int, int, int]:
     import matplotlib
+
     r, g, b, _ = matplotlib.colormaps["tab20"](int(class_id) % 20)
     return int(r * 255), int(g * 255), int(b * 255)
 
@@ -190,8 +206,9 @@ def _upscale(array: np.ndarray, factor: int) -> np.ndarray:
     return array if factor == 1 else np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
 
 
-def draw_instances(image: np.ndarray, instances: Sequence[dict], names: dict[int, str], title: str,
-                   factor: int = 1) -> "Image":
+def draw_instances(
+    image: np.ndarray, instances: Sequence[dict], names: dict[int, str], title: str, factor: int = 1
+) -> "PIL.Image.Image":  # noqa: F821
     """Boxes, masks (if RLE 'segmentation' is present) and class names on a copy of the image.
 
     `factor` enlarges small images (by pixel repetition) first, so that labels stay readable.
@@ -199,8 +216,9 @@ def draw_instances(image: np.ndarray, instances: Sequence[dict], names: dict[int
     from PIL import Image, ImageDraw
     from pycocotools import mask as mask_utils
 
-    overlay = _upscale(np.asarray(Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB"),
-                                  dtype=np.float32), factor)
+    overlay = _upscale(
+        np.asarray(Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB"), dtype=np.float32), factor
+    )
     for inst in instances:
         segmentation = inst.get("segmentation")
         if isinstance(segmentation, dict) and "counts" in segmentation:
@@ -231,8 +249,9 @@ def _label(draw, xy: tuple[float, float], text: str, color: tuple[int, int, int]
 MIN_PANEL_SIDE = 320  # px: smaller images are enlarged so that class names stay readable
 
 
-def side_by_side_jpeg(image: np.ndarray, gt: Sequence[dict], detections: Sequence[dict],
-                      names: dict[int, str], width: int = 800) -> bytes:
+def side_by_side_jpeg(
+    image: np.ndarray, gt: Sequence[dict], detections: Sequence[dict], names: dict[int, str], width: int = 800
+) -> bytes:
     from PIL import Image
 
     factor = max(1, int(np.ceil(MIN_PANEL_SIDE / max(1, min(np.shape(image)[:2])))))
@@ -248,6 +267,7 @@ def side_by_side_jpeg(image: np.ndarray, gt: Sequence[dict], detections: Sequenc
 
 
 # ---------------------------------------------------------------- HTML
+
 
 def _fmt(value: Any) -> str:
     if value is None:
@@ -276,26 +296,34 @@ td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#eee}
 .samples img{max-width:620px;margin:2px}"""
 
 
-def render_html(metrics: dict, confusion_image: bytes, ap_image: bytes,
-                samples: dict[str, list[bytes]], compare: dict | None = None) -> str:
+def render_html(
+    metrics: dict, confusion_image: bytes, ap_image: bytes, samples: dict[str, list[bytes]], compare: dict | None = None
+) -> str:
     """The whole report as one HTML page with every image embedded."""
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Per-class evaluation</title>",
-             f"<style>{_STYLE}</style></head><body><h1>Per-class evaluation</h1>"]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Per-class evaluation</title>",
+        f"<style>{_STYLE}</style></head><body><h1>Per-class evaluation</h1>",
+    ]
     alarm = metrics["alarm"]
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in alarm["reasons"]) or "<li>no signal of class collapse</li>"
-    parts.append(f'<div class="alarm {alarm["verdict"]}"><b>Collapse alarm: {alarm["verdict"].upper()}</b>'
-                 f"<ul>{reasons}</ul></div>")
-    parts.append(f"<p>{metrics['num_images']} images, {metrics['num_detections']} detections; confusion matrix, "
-                 f"precision and recall at score &ge; {metrics['score_threshold']} and "
-                 f"{metrics['confusion']['iou_type']} IoU &ge; {metrics['iou_threshold']}.</p>")
+    parts.append(
+        f'<div class="alarm {alarm["verdict"]}"><b>Collapse alarm: {alarm["verdict"].upper()}</b>'
+        f"<ul>{reasons}</ul></div>"
+    )
+    parts.append(
+        f"<p>{metrics['num_images']} images, {metrics['num_detections']} detections; confusion matrix, "
+        f"precision and recall at score &ge; {metrics['score_threshold']} and "
+        f"{metrics['confusion']['iou_type']} IoU &ge; {metrics['iou_threshold']}.</p>"
+    )
 
     parts.append("<h2>Overall</h2><table><tr><th>metric</th>")
     overall = metrics["overall"]
     stat_names = list(next(iter(overall.values())).keys()) if overall else []
     parts.append("".join(f"<th>{html.escape(t)}</th>" for t in overall) + "</tr>")
     for stat in stat_names:
-        parts.append(f"<tr><td>{stat}</td>" + "".join(f"<td>{_fmt(overall[t].get(stat))}</td>" for t in overall)
-                     + "</tr>")
+        parts.append(
+            f"<tr><td>{stat}</td>" + "".join(f"<td>{_fmt(overall[t].get(stat))}</td>" for t in overall) + "</tr>"
+        )
     parts.append("</table>")
 
     rows = sort_worst_first(list(metrics["per_class"].values()))
@@ -308,22 +336,31 @@ def render_html(metrics: dict, confusion_image: bytes, ap_image: bytes,
         cells = "".join(f"<td>{_fmt(row.get(c))}</td>" for c in columns)
         if compare:
             entry = compare["per_class"].get(row["class"], {})
-            cells += "".join(f"<td>{_fmt(entry.get(m, {}).get('other'))}</td>"
-                             f"<td>{_delta(entry.get(m, {}).get('delta'))}</td>" for m in COMPARED_METRICS)
+            cells += "".join(
+                f"<td>{_fmt(entry.get(m, {}).get('other'))}</td><td>{_delta(entry.get(m, {}).get('delta'))}</td>"
+                for m in COMPARED_METRICS
+            )
         parts.append(f'<tr id="class-{html.escape(row["class"])}">{cells}</tr>')
     parts.append("</table>")
     parts.append("<h2>Per-class AP</h2>" + _img(ap_image, "image/png", "per-class AP"))
-    parts.append("<h2>Confusion matrix</h2><p>Rows: true class, columns: predicted class; 'background' row: "
-                 "detections on no object, 'background' column: missed objects.</p>"
-                 + _img(confusion_image, "image/png", "confusion matrix"))
+    parts.append(
+        "<h2>Confusion matrix</h2><p>Rows: true class, columns: predicted class; 'background' row: "
+        "detections on no object, 'background' column: missed objects.</p>"
+        + _img(confusion_image, "image/png", "confusion matrix")
+    )
     if samples:
-        parts.append("<h2>Validation images per class, worst first</h2><p>Left: ground truth. Right: "
-                     "predictions above the score threshold. Images with the most missed or misclassified "
-                     "objects of the class come first.</p>")
+        parts.append(
+            "<h2>Validation images per class, worst first</h2><p>Left: ground truth. Right: "
+            "predictions above the score threshold. Images with the most missed or misclassified "
+            "objects of the class come first.</p>"
+        )
         for row in rows:
             images = samples.get(row["class"])
             if images:
-                parts.append(f'<h3>{html.escape(row["class"])}</h3><div class="samples">'
-                             + "".join(_img(j, "image/jpeg", row["class"]) for j in images) + "</div>")
+                parts.append(
+                    f'<h3>{html.escape(row["class"])}</h3><div class="samples">'
+                    + "".join(_img(j, "image/jpeg", row["class"]) for j in images)
+                    + "</div>"
+                )
     parts.append("</body></html>")
     return "\n".join(parts)

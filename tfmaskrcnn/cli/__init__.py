@@ -1,0 +1,64 @@
+"""The `tfmaskrcnn` command: one sub-command per tool.
+
+    tfmaskrcnn train --experiment tfmaskrcnn_shapes_cpu --mode train_and_eval --model_dir runs/x ...
+    tfmaskrcnn convert | stats | shapes | show-augment | eval | export | predict ... --help
+    tfmaskrcnn --version
+
+Each sub-command lives in its own module, which defines `add_arguments(parser)` and
+`main(args) -> int`, or, for `train` (Model Garden's absl flags), `main_argv(argv) -> int`.
+Modules are imported only when their sub-command runs, so that `tfmaskrcnn shapes --help`
+does not pay for importing TensorFlow. `tools/*.py` and `export/export_saved_model.py` are
+aliases of these sub-commands for Model Garden habits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+SUBCOMMANDS = {
+    "train": ("tfmaskrcnn.cli.train", "train and evaluate an experiment (Model Garden's flags)"),
+    "shapes": ("tfmaskrcnn.data.shapes.generator", "write the synthetic shapes dataset in COCO format"),
+    "convert": ("tfmaskrcnn.data.convert", "convert a COCO dataset to TFRecord shards with a label map"),
+    "stats": ("tfmaskrcnn.cli.stats", "class statistics, class weights and repeat factors of a dataset"),
+    "show-augment": ("tfmaskrcnn.augment.preview", "draw augmented samples with masks, boxes and names"),
+    "eval": ("tfmaskrcnn.cli.evaluate", "per-class evaluation of a checkpoint, SavedModel or results file"),
+    "export": ("tfmaskrcnn.serving.export", "export a trained model as a SavedModel with its label map"),
+    "predict": ("tfmaskrcnn.serving.predict", "run an exported SavedModel on images"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tfmaskrcnn import __version__
+
+    parser = argparse.ArgumentParser(prog="tfmaskrcnn", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"tfmaskrcnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SUBCOMMANDS:
+        parser = build_parser()
+        if argv and argv[0] == "--version":
+            parser.parse_args(argv[:1])  # prints the version and exits 0
+        parser.print_help()
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    name = argv[0]
+    module_name, help_text = SUBCOMMANDS[name]
+    module = importlib.import_module(module_name)
+    if hasattr(module, "main_argv"):
+        return int(module.main_argv([f"tfmaskrcnn {name}"] + argv[1:]) or 0)
+    parser = argparse.ArgumentParser(prog=f"tfmaskrcnn {name}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    return int(module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""`tfmaskrcnn eval`: per-class evaluation of a checkpoint, a SavedModel or a COCO results file.
+
+    tfmaskrcnn eval --detections results.json --data annotations/instances_val2017.json \\
+        --images val2017/ --output eval_out/ [--compare earlier_eval_out/]
+    tfmaskrcnn eval --model_dir runs/first --data 'records/val/*.tfrecord' --output runs/first/eval
+
+Category ids of the detections must be those of the ground truth: the COCO JSON's
+own ids with `--data *.json`, or the contiguous ids 1..K of the `label_map.json`
+beside the shards with `--data 'shards/val-*.tfrecord'` (the ids the model predicts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Callable
+
+from tfmaskrcnn.evaluation.evaluate import evaluate
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--detections",
+        metavar="RESULTS.json",
+        help="COCO results: a list of {image_id, category_id, bbox [x,y,w,h], score, "
+        "segmentation (RLE, optional: mask metrics only when present)}",
+    )
+    source.add_argument("--model_dir", help="evaluate the latest checkpoint of a training run")
+    source.add_argument("--saved_model", help="evaluate an exported SavedModel")
+    parser.add_argument(
+        "--data",
+        required=True,
+        metavar="TFRECORDS_GLOB_OR_COCO_JSON",
+        help="ground truth: a COCO instances JSON (its category ids) or TFRecord shards from "
+        "`tfmaskrcnn convert` (contiguous ids 1..K of the label_map.json beside them)",
+    )
+    parser.add_argument("--label_map", help="label_map.json for TFRecords (default: the one beside the shards)")
+    parser.add_argument(
+        "--images",
+        metavar="DIR",
+        help="image folder of a COCO JSON, for example pictures in report.html (TFRecords carry their images)",
+    )
+    parser.add_argument(
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="folder for metrics.json, per_class.csv, PNG plots and report.html",
+    )
+    parser.add_argument(
+        "--compare", metavar="OTHER_OUT", help="output folder of an earlier run: adds its numbers and per-class deltas"
+    )
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.5,
+        help="confidence for the confusion matrix, precision/recall and the alarm (default 0.5)",
+    )
+    parser.add_argument(
+        "--iou-threshold",
+        type=float,
+        default=0.5,
+        help="IoU that matches a detection to an object in the confusion matrix (default 0.5)",
+    )
+    parser.add_argument(
+        "--iou-type",
+        choices=("bbox", "segm"),
+        default="bbox",
+        help="box or mask IoU for the confusion matrix (default bbox)",
+    )
+    parser.add_argument(
+        "--images-per-class",
+        type=int,
+        default=2,
+        help="example images per class in report.html (default 2, 0 for none)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _load_detections(path: str) -> list[dict]:
+    from tfmaskrcnn.evaluation.groundtruth import read_json
+
+    detections = read_json(path, "--detections")
+    if not isinstance(detections, list):
+        raise ValueError(
+            f"--detections {path}: expected a JSON list of COCO results "
+            "[{image_id, category_id, bbox, score, ...}], got a JSON object"
+        )
+    return detections
+
+
+def _ground_truth(args) -> tuple[Any, Any, Callable | None]:
+    """(coco_gt, label_map, image_loader) for --data."""
+    from tfmaskrcnn.evaluation import groundtruth
+
+    if args.data.endswith(".json"):
+        coco_gt = groundtruth.load_coco_json(args.data)
+        loader = groundtruth.directory_image_loader(coco_gt, args.images) if args.images else None
+        return coco_gt, None, loader
+    from tfmaskrcnn.data.label_map import LabelMap, find_label_map
+
+    label_map_path = args.label_map or find_label_map(args.data)
+    if not label_map_path:
+        raise FileNotFoundError(f"--data {args.data}: no label_map.json beside the shards; pass --label_map")
+    label_map = LabelMap.load(label_map_path)
+    coco_gt = groundtruth.coco_from_tfrecords(args.data, label_map, include_mask=True, progress=not args.quiet)
+    return coco_gt, label_map, groundtruth.tfrecord_image_loader(args.data)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        coco_gt, label_map, image_loader = _ground_truth(args)
+        if args.detections:
+            detections, source = _load_detections(args.detections), args.detections
+        else:
+            from tfmaskrcnn.serving import detector as inference
+
+            detections = inference.detections_from_model(
+                model_dir=args.model_dir,
+                saved_model=args.saved_model,
+                data=args.data,
+                coco_gt=coco_gt,
+                label_map=label_map,
+                progress=not args.quiet,
+            )
+            source = args.model_dir or args.saved_model
+        evaluate(
+            coco_gt,
+            detections,
+            label_map=label_map,
+            output_dir=args.output,
+            compare_dir=args.compare,
+            image_loader=image_loader,
+            score_threshold=args.score_threshold,
+            iou_threshold=args.iou_threshold,
+            confusion_iou_type=args.iou_type,
+            images_per_class=args.images_per_class,
+            source=source,
+            progress=not args.quiet,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        print(f"tfmaskrcnn eval: error: {e}", file=sys.stderr)
+        return 2
+    print(f"report written to {os.path.join(args.output, 'report.html')}")
+    return 0

@@ -1,0 +1,258 @@
+"""Experiment configs: Model Garden's Mask R-CNN configs, subclassed, plus our registered experiments.
+
+Model Garden looks a task class up by the exact config class, so `TfMaskRCNNTask` below is a
+subclass of its `MaskRCNNTask` config (registering the stock class twice is refused).
+
+Fields that can be derived from the data (`model.num_classes`, the label map path, the
+validation example count) are left at "unset" in the experiments and filled in by
+`tfmaskrcnn.tasks.config_resolution.resolve_config` from the converter's `label_map.json` and
+`dataset_stats.json`, before the config is written to `params.yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional
+
+from official.core import config_definitions as cfg
+from official.core import exp_factory
+from official.modeling import hyperparams, optimization
+from official.vision.configs import backbones, common, decoders
+from official.vision.configs import maskrcnn as mg
+
+from tfmaskrcnn.augment.presets import AugmentationConfig
+
+
+@dataclasses.dataclass
+class ClassWeighting(hyperparams.Config):
+    """How per-class weights of the classification loss are chosen.
+
+    scheme: none | inverse | sqrt_inverse | effective_number | explicit.
+    Automatic schemes are computed from the training set's instance counts when the
+    task is built; the result is written back into `weights` (so params.yaml holds the
+    exact numbers) and into `class_weights.md` in the model dir.
+    """
+
+    scheme: str = "none"
+    beta: float = 0.999
+    background_weight: float = 1.0
+    max_ratio: Optional[float] = None
+    weights: Optional[List[float]] = None
+
+
+@dataclasses.dataclass
+class ClassBalance(hyperparams.Config):
+    """The classification loss of the box head.
+
+    normalization: `weight_sum` divides by the summed weights of the sampled RoIs (with all
+    weights 1 this is exactly Model Garden's loss); `mean` is Model Garden's unnormalized
+    mean(w[t] * ce), under which weights also rescale the effective learning rate.
+    loss_type: `softmax` (cross-entropy) or `sigmoid_focal`.
+    """
+
+    weighting: ClassWeighting = dataclasses.field(default_factory=ClassWeighting)
+    normalization: str = "weight_sum"
+    loss_type: str = "softmax"
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+
+@dataclasses.dataclass
+class Sampling(hyperparams.Config):
+    """Image sampling of the training stream.
+
+    type: none | repeat_factor (LVIS) | class_aware. `threshold` is LVIS's t; when unset it
+    is chosen from the data (see `tfmaskrcnn.dataloaders.sampling.choose_threshold`) and written back.
+    """
+
+    type: str = "none"
+    threshold: Optional[float] = None
+    seed: Optional[int] = None
+    shuffle_buffer_size: int = 64
+
+
+@dataclasses.dataclass
+class Parser(mg.Parser):
+    augmentation: AugmentationConfig = dataclasses.field(default_factory=AugmentationConfig)
+
+
+@dataclasses.dataclass
+class DataConfig(mg.DataConfig):
+    parser: Parser = dataclasses.field(default_factory=Parser)
+    sampling: Sampling = dataclasses.field(default_factory=Sampling)
+
+
+@dataclasses.dataclass
+class TfMaskRCNNTask(mg.MaskRCNNTask):
+    """Model Garden's Mask R-CNN task config with a label map and class-balance settings.
+
+    label_map_path: the converter's label_map.json; when empty, the one beside the training
+    records is used. `model.num_classes` 0 means "background + the label map's classes".
+    """
+
+    label_map_path: str = ""
+    train_data: DataConfig = dataclasses.field(default_factory=lambda: DataConfig(is_training=True))
+    validation_data: DataConfig = dataclasses.field(
+        default_factory=lambda: DataConfig(is_training=False, drop_remainder=False)
+    )
+    class_balance: ClassBalance = dataclasses.field(default_factory=ClassBalance)
+    # Foreground accuracy, share of foreground RoIs called background and the predicted-class
+    # histogram, logged while training: the earliest sign that the head collapses to one class.
+    log_collapse_signals: bool = True
+
+
+def _sgd(boundaries: List[int], values: List[float], clipnorm: Optional[float] = 10.0):
+    return optimization.OptimizationConfig(
+        {
+            "optimizer": {"type": "sgd", "sgd": {"momentum": 0.9, "global_clipnorm": clipnorm}},
+            "learning_rate": {"type": "stepwise", "stepwise": {"boundaries": boundaries, "values": values}},
+        }
+    )
+
+
+def _restrictions() -> List[str]:
+    return ["task.train_data.is_training != None", "task.validation_data.is_training != None"]
+
+
+SHAPES_TRAIN_STEPS = 1200
+
+
+def shapes_budget_override(train_steps: int) -> dict:
+    """Trainer override giving `tfmaskrcnn_shapes_cpu` another step budget.
+
+    The learning-rate schedule moves with it: a short low-rate start (50 steps, less for very
+    short runs), then the peak rate until 80% of the budget, then a tenth of it.
+    """
+    warmup = min(50, max(1, train_steps // 4))
+    decay = max(warmup + 1, int(train_steps * 0.8))
+    return {
+        "trainer": {
+            "train_steps": train_steps,
+            "validation_interval": train_steps,
+            "optimizer_config": {"learning_rate": {"stepwise": {"boundaries": [warmup, decay]}}},
+        }
+    }
+
+
+@exp_factory.register_config_factory("tfmaskrcnn_shapes_cpu")
+def tfmaskrcnn_shapes_cpu() -> cfg.ExperimentConfig:
+    """A tiny Mask R-CNN that trains on the 128 px shapes dataset on a laptop CPU in minutes.
+
+    About 0.3-0.4 s per step on 2 cores, so 1200 steps take 6-8 minutes; mask AP on the
+    balanced shapes validation split is reported in README. Only the data paths need to be given.
+    """
+    steps = SHAPES_TRAIN_STEPS
+    model = mg.MaskRCNN(
+        num_classes=0,
+        input_size=[128, 128, 3],
+        min_level=2,
+        max_level=5,
+        anchor=mg.Anchor(anchor_size=4.0),
+        backbone=backbones.Backbone(type="resnet", resnet=backbones.ResNet(model_id=18)),
+        decoder=decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=64)),
+        rpn_head=mg.RPNHead(num_filters=64),
+        detection_head=mg.DetectionHead(num_convs=0, num_fcs=2, fc_dims=256),
+        roi_generator=mg.ROIGenerator(
+            num_proposals=200, test_num_proposals=200, pre_nms_top_k=1000, test_pre_nms_top_k=1000
+        ),
+        roi_sampler=mg.ROISampler(num_sampled_rois=128),
+        mask_head=mg.MaskHead(num_convs=2, num_filters=64),
+        mask_sampler=mg.MaskSampler(num_sampled_masks=32),
+        # The default momentum 0.997 leaves the moving statistics near their init after a
+        # few hundred steps, and evaluation then sees AP near 0.
+        norm_activation=common.NormActivation(norm_momentum=0.9, norm_epsilon=1e-4, use_sync_bn=False),
+    )
+    parser = Parser(aug_rand_hflip=True, aug_scale_min=0.8, aug_scale_max=1.25)
+    return cfg.ExperimentConfig(
+        runtime=cfg.RuntimeConfig(distribution_strategy="mirrored", num_gpus=0, mixed_precision_dtype="float32"),
+        task=TfMaskRCNNTask(
+            model=model,
+            init_checkpoint=None,
+            losses=mg.Losses(l2_weight_decay=4e-5),
+            train_data=DataConfig(
+                is_training=True, global_batch_size=4, dtype="float32", parser=parser, shuffle_buffer_size=500
+            ),
+            validation_data=DataConfig(is_training=False, global_batch_size=4, dtype="float32", drop_remainder=False),
+        ),
+        trainer=cfg.TrainerConfig(
+            train_steps=steps,
+            validation_steps=-1,
+            validation_interval=steps,
+            steps_per_loop=50,
+            summary_interval=50,
+            checkpoint_interval=200,
+            max_to_keep=2,
+            optimizer_config=_sgd([50, int(steps * 0.8)], [0.004, 0.02, 0.002]),  # see shapes_budget_override
+        ),
+        restrictions=_restrictions(),
+    )
+
+
+def _r50fpn(input_size: int) -> mg.MaskRCNN:
+    return mg.MaskRCNN(
+        num_classes=0,
+        input_size=[input_size, input_size, 3],
+        backbone=backbones.Backbone(type="resnet", resnet=backbones.ResNet(model_id=50)),
+        norm_activation=common.NormActivation(norm_momentum=0.997, norm_epsilon=1e-4, use_sync_bn=True),
+    )
+
+
+def _r50fpn_experiment(
+    batch_size: int, train_steps: int, mixed_precision: str, distribution: str, data_dtype: str
+) -> cfg.ExperimentConfig:
+    """mixed_precision takes Model Garden's names (float16 | bfloat16 | float32), not Keras'
+    policy names: `mixed_float16` makes `performance.set_mixed_precision_policy` raise before
+    the first step. Loss scaling is added by Model Garden for float16 only."""
+    parser = Parser(aug_rand_hflip=True, aug_scale_min=0.8, aug_scale_max=1.25)
+    base_lr = 0.02 * batch_size / 16  # the linear scaling rule from Goyal et al. (2017)
+    return cfg.ExperimentConfig(
+        runtime=cfg.RuntimeConfig(distribution_strategy=distribution, mixed_precision_dtype=mixed_precision),
+        task=TfMaskRCNNTask(
+            model=_r50fpn(1024),
+            # No pretrained weights by default: no network access at run time. Point
+            # init_checkpoint at an ImageNet ResNet-50 (init_checkpoint_modules: backbone).
+            init_checkpoint=None,
+            init_checkpoint_modules="backbone",
+            losses=mg.Losses(l2_weight_decay=4e-5),
+            train_data=DataConfig(is_training=True, global_batch_size=batch_size, dtype=data_dtype, parser=parser),
+            validation_data=DataConfig(is_training=False, global_batch_size=8, dtype=data_dtype, drop_remainder=False),
+        ),
+        trainer=cfg.TrainerConfig(
+            train_steps=train_steps,
+            validation_steps=-1,
+            validation_interval=2000,
+            steps_per_loop=500,
+            summary_interval=500,
+            checkpoint_interval=2000,
+            optimizer_config=optimization.OptimizationConfig(
+                {
+                    "optimizer": {"type": "sgd", "sgd": {"momentum": 0.9}},
+                    "learning_rate": {
+                        "type": "stepwise",
+                        "stepwise": {
+                            "boundaries": [int(train_steps * 0.75), int(train_steps * 0.9)],
+                            "values": [base_lr, base_lr / 10, base_lr / 100],
+                        },
+                    },
+                    "warmup": {"type": "linear", "linear": {"warmup_steps": 500, "warmup_learning_rate": base_lr / 30}},
+                }
+            ),
+        ),
+        restrictions=_restrictions(),
+    )
+
+
+@exp_factory.register_config_factory("tfmaskrcnn_r50fpn_gpu")
+def tfmaskrcnn_r50fpn_gpu() -> cfg.ExperimentConfig:
+    """ResNet-50 FPN at 1024 px on one or more GPUs (MirroredStrategy), mixed float16."""
+    return _r50fpn_experiment(
+        batch_size=16, train_steps=90000, mixed_precision="float16", distribution="mirrored", data_dtype="float16"
+    )
+
+
+@exp_factory.register_config_factory("tfmaskrcnn_r50fpn_tpu")
+def tfmaskrcnn_r50fpn_tpu() -> cfg.ExperimentConfig:
+    """ResNet-50 FPN at 1024 px on Cloud TPU, bfloat16."""
+    return _r50fpn_experiment(
+        batch_size=64, train_steps=22500, mixed_precision="bfloat16", distribution="tpu", data_dtype="bfloat16"
+    )

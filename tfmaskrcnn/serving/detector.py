@@ -1,0 +1,303 @@
+"""Running a trained model on images: from a checkpoint or from an exported SavedModel.
+
+Both detectors take one uint8 image [H, W, 3] and return the same numpy dict, trimmed to
+the real detections: `boxes` [n, 4] (ymin, xmin, ymax, xmax, original-image pixels),
+`scores` [n], `classes` [n] (contiguous ids 1..K), `masks` [n, 28, 28] (box-relative
+probabilities). `CheckpointDetector` preprocesses like Model Garden's evaluation parser and
+calls the Keras model in this process; `SavedModelDetector` calls an exported signature.
+Export verification compares the two; evaluation and prediction turn either into COCO results.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+from tfmaskrcnn.data.label_map import LABEL_MAP_FILENAME, LabelMap
+
+Detector = Callable[[np.ndarray], dict]
+
+
+class CheckpointDetector:
+    """The model of an experiment config, in this process, with a checkpoint's weights."""
+
+    def __init__(self, params, checkpoint_path: Optional[str] = None, model=None):
+        import tensorflow as tf
+        from official.core import task_factory
+        from official.vision.ops import anchor, preprocess_ops
+
+        import tfmaskrcnn.registry_imports  # noqa: F401  (registers the task)
+
+        self.params = params
+        task = task_factory.get_task(params.task)
+        self.label_map: LabelMap = task.label_map
+        self.model = model if model is not None else task.build_model()
+        self.checkpoint_path = checkpoint_path
+        self._restore_status = None
+        if checkpoint_path:
+            checkpoint = tf.train.Checkpoint(model=self.model)
+            self._restore_status = checkpoint.read(checkpoint_path).expect_partial()
+        model_cfg = params.task.model
+        output_size = list(model_cfg.input_size[:2])
+        padded_size = preprocess_ops.compute_padded_size(output_size, 2**model_cfg.max_level)
+        anchor_boxes = anchor.build_anchor_generator(
+            min_level=model_cfg.min_level,
+            max_level=model_cfg.max_level,
+            num_scales=model_cfg.anchor.num_scales,
+            aspect_ratios=model_cfg.anchor.aspect_ratios,
+            anchor_size=model_cfg.anchor.anchor_size,
+        )(image_size=padded_size)
+        anchor_boxes = {level: boxes[tf.newaxis] for level, boxes in anchor_boxes.items()}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+        def run(image):
+            # The preprocessing of Model Garden's evaluation parser (maskrcnn_input.Parser).
+            normalized = preprocess_ops.normalize_image(image)  # uint8 in, as the parser gets it
+            resized, image_info = preprocess_ops.resize_and_crop_image(
+                normalized, output_size, padded_size=padded_size, aug_scale_min=1.0, aug_scale_max=1.0
+            )
+            outputs = self.model(
+                resized[tf.newaxis], image_shape=image_info[tf.newaxis, 1, :], anchor_boxes=anchor_boxes, training=False
+            )
+            scale, offset = image_info[2], image_info[3]
+            boxes = (outputs["detection_boxes"][0] + tf.tile(offset, [2])) / tf.tile(scale, [2])
+            boxes = tf.minimum(tf.maximum(boxes, 0.0), tf.tile(image_info[0], [2]))
+            count = tf.cast(outputs["num_detections"][0], tf.int32)
+            return {
+                "boxes": boxes[:count],
+                "scores": outputs["detection_scores"][0, :count],
+                "classes": tf.cast(outputs["detection_classes"][0, :count], tf.int32),
+                "masks": outputs["detection_masks"][0, :count],
+            }
+
+        self._run = run
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str, checkpoint_path: Optional[str] = None) -> "CheckpointDetector":
+        """params.yaml of a training run and its latest checkpoint (or `checkpoint_path`)."""
+        params = load_params(os.path.join(model_dir, "params.yaml"))
+        checkpoint_path = checkpoint_path or latest_checkpoint(model_dir)
+        return cls(params, checkpoint_path)
+
+    def __call__(self, image: np.ndarray) -> dict:
+        outputs = {k: v.numpy() for k, v in self._run(np.asarray(image, np.uint8)).items()}
+        if self._restore_status is not None:
+            self._check_restored()
+        return outputs
+
+    def _check_restored(self) -> None:
+        """Fails when the checkpoint lacks variables of the model.
+
+        Keras creates the heads' variables at the first call, after the checkpoint was read;
+        restoration is deferred to that moment, so only now can a missing part (typically a
+        class head left at its random init) be seen.
+        """
+        status, self._restore_status = self._restore_status, None
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError as e:
+            import re
+
+            count = re.search(r"Found (\d+) Python objects", str(e))
+            examples = re.findall(r"<tf.Variable '([^']+?)(?::0)?'", str(e))[:3]
+            raise ValueError(
+                f"checkpoint {self.checkpoint_path} has no values for "
+                f"{count.group(1) + ' parts' if count else 'some parts'} of the model"
+                + (f" (e.g. {', '.join(examples)})" if examples else "")
+                + "; they would keep their random "
+                "init. Use a checkpoint written by training this experiment"
+            ) from None
+
+
+class SavedModelDetector:
+    """An exported SavedModel's `image_tensor` signature on one image at a time."""
+
+    def __init__(self, saved_model_dir: str, signature: str = "image_tensor"):
+        import tensorflow as tf
+
+        if not tf.io.gfile.exists(os.path.join(saved_model_dir, "saved_model.pb")):
+            raise FileNotFoundError(
+                f"{saved_model_dir}: no saved_model.pb; pass the folder written by `tfmaskrcnn export`"
+            )
+        self.loaded = tf.saved_model.load(saved_model_dir)
+        if signature not in self.loaded.signatures:
+            raise ValueError(
+                f"{saved_model_dir}: no {signature!r} signature (it has "
+                f"{sorted(self.loaded.signatures)}); re-export with `tfmaskrcnn export`"
+            )
+        self._function = self.loaded.signatures[signature]
+        self._input_name = next(iter(self._function.structured_input_signature[1]))
+        self.label_map = saved_model_label_map(self.loaded, saved_model_dir)
+
+    def raw(self, images: np.ndarray) -> dict:
+        """All outputs of the signature for a uint8 batch [B, H, W, 3], as numpy."""
+        import tensorflow as tf
+
+        outputs = self._function(**{self._input_name: tf.constant(images, tf.uint8)})
+        return {k: v.numpy() for k, v in outputs.items()}
+
+    def __call__(self, image: np.ndarray) -> dict:
+        out = self.raw(np.asarray(image, np.uint8)[np.newaxis])
+        count = int(out["num_detections"][0])
+        return {
+            "boxes": out["detection_boxes_original"][0, :count],
+            "scores": out["detection_scores"][0, :count],
+            "classes": out["detection_classes"][0, :count].astype(np.int32),
+            "masks": out["detection_masks"][0, :count],
+            "class_names": [n.decode() for n in out["detection_class_names"][0, :count]],
+        }
+
+
+def saved_model_label_map(loaded: Any, saved_model_dir: str) -> LabelMap:
+    """The label map stored in an export (`assets/label_map.json`)."""
+    asset = getattr(loaded, "label_map_asset", None)
+    path = (
+        asset.asset_path.numpy().decode()
+        if asset is not None
+        else os.path.join(saved_model_dir, "assets", LABEL_MAP_FILENAME)
+    )
+    return LabelMap.load(path)
+
+
+def load_params(params_path: str):
+    """A training run's params.yaml as an ExperimentConfig of our registered task."""
+    import tensorflow as tf
+    from official.core import config_definitions as cfg
+    from official.modeling import hyperparams
+
+    from tfmaskrcnn.configs import maskrcnn as configs
+
+    if not tf.io.gfile.exists(params_path):
+        raise FileNotFoundError(
+            f"{params_path} not found; --model_dir must be a training run's folder "
+            "(it holds params.yaml and ckpt-N files)"
+        )
+    # params.yaml holds every field of the run, so the defaults below are all overridden.
+    params = cfg.ExperimentConfig(task=configs.TfMaskRCNNTask())
+    params = hyperparams.override_params_dict(params, params_path, is_strict=True)
+    # Training copies the label map into the model dir, so a run moved to another machine
+    # still knows its classes when the recorded path does not exist there.
+    beside = os.path.join(os.path.dirname(params_path), LABEL_MAP_FILENAME)
+    if not tf.io.gfile.exists(params.task.label_map_path) and tf.io.gfile.exists(beside):
+        params.task.label_map_path = beside
+    return params
+
+
+def latest_checkpoint(model_dir: str) -> str:
+    import tensorflow as tf
+
+    path = tf.train.latest_checkpoint(model_dir)
+    if not path:
+        raise FileNotFoundError(f"{model_dir}: no checkpoint (ckpt-N.index); train first or pass --checkpoint_path")
+    return path
+
+
+def encode_rle(binary_mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(binary_mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode()
+    return rle
+
+
+def full_masks(detections: dict, height: int, width: int, threshold: float = 0.5) -> np.ndarray:
+    """[n, height, width] uint8 0/1 masks of a detector's output (pasted like the export does)."""
+    from tfmaskrcnn.serving.export_module import paste_masks
+
+    if len(detections["scores"]) == 0:
+        return np.zeros((0, height, width), np.uint8)
+    pasted = paste_masks(detections["masks"], detections["boxes"], height, width).numpy()
+    return (pasted >= threshold).astype(np.uint8)
+
+
+def to_coco_results(
+    detections: dict,
+    image_id: int,
+    height: int,
+    width: int,
+    category_ids: Sequence[int],
+    score_threshold: float = 0.0,
+    names: Optional[Sequence[str]] = None,
+    extra: Optional[dict] = None,
+) -> list[dict]:
+    """COCO results of one image. category_ids[c - 1] is the category id of class c."""
+    keep = np.flatnonzero(detections["scores"] >= score_threshold)
+    kept = {k: np.asarray(detections[k])[keep] for k in ("boxes", "scores", "classes", "masks")}
+    masks = full_masks(kept, height, width)
+    results = []
+    for i in range(len(keep)):
+        ymin, xmin, ymax, xmax = (float(v) for v in kept["boxes"][i])
+        class_id = int(kept["classes"][i])
+        result = dict(extra or {})
+        result.update(
+            image_id=int(image_id),
+            category_id=int(category_ids[class_id - 1]),
+            bbox=[round(xmin, 2), round(ymin, 2), round(xmax - xmin, 2), round(ymax - ymin, 2)],
+            score=round(float(kept["scores"][i]), 5),
+            segmentation=encode_rle(masks[i]),
+        )
+        if names is not None:
+            result["category_name"] = names[class_id - 1]
+        results.append(result)
+    return results
+
+
+def _records(pattern: str) -> Iterable[tuple[str, int, dict]]:
+    from tfmaskrcnn.data.records import decoded_examples
+
+    return decoded_examples(pattern, include_mask=False, include_image=True)
+
+
+def _check_same_classes(model_map: LabelMap, data_map: Optional[LabelMap], source: str) -> None:
+    if data_map is not None and tuple(model_map.names) != tuple(data_map.names):
+        raise ValueError(
+            f"{source} predicts classes {list(model_map.names)} but the data's label map has "
+            f"{list(data_map.names)}: the ids would be compared against other classes. Evaluate on "
+            "records converted with the label map the model was trained with"
+        )
+
+
+def detections_from_model(
+    model_dir: Optional[str] = None,
+    saved_model: Optional[str] = None,
+    data: str = "",
+    score_threshold: float = 0.0,
+    coco_gt: Any = None,
+    label_map: Optional[LabelMap] = None,
+    progress: bool = True,
+) -> list[dict]:
+    """COCO results of a checkpoint (model_dir) or a SavedModel on every record of `data`.
+
+    image_id: the record's numeric image/source_id; category_id: the contiguous class id 1..K
+    (what ground truth built from TFRecords uses); bbox in original pixels; RLE segmentation.
+    label_map: the data's label map, checked against the model's classes. coco_gt: accepted
+    for the evaluation CLI; the images run are those of `data`.
+    """
+    from tqdm import tqdm
+
+    del coco_gt  # the records are the source of truth for which images to run
+    if (model_dir is None) == (saved_model is None):
+        raise ValueError("give exactly one of model_dir (a training run) or saved_model (an export)")
+    if not data:
+        raise ValueError("data must be a TFRecord glob such as records/val/*.tfrecord")
+    detector = CheckpointDetector.from_model_dir(model_dir) if model_dir else SavedModelDetector(saved_model)
+    source = model_dir or saved_model
+    _check_same_classes(detector.label_map, label_map, source)
+    contiguous = list(range(1, detector.label_map.num_classes + 1))
+    results: list[dict] = []
+    for path, n, example in tqdm(_records(data), desc="running the model", unit=" images", disable=not progress):
+        source_id = example["source_id"]
+        source_id = source_id.decode() if isinstance(source_id, bytes) else str(source_id)
+        if not source_id.isdigit():
+            raise ValueError(
+                f"{path}: record {n} has image/source_id {source_id!r}; it must be a numeric "
+                "string (write shards with `tfmaskrcnn convert`)"
+            )
+        image = example["image"]
+        detections = detector(image)
+        results.extend(
+            to_coco_results(detections, int(source_id), image.shape[0], image.shape[1], contiguous, score_threshold)
+        )
+    return results

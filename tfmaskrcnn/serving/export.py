@@ -1,0 +1,407 @@
+"""`tfmaskrcnn export`: a SavedModel with the label map inside, verified against the checkpoint.
+
+    tfmaskrcnn export --model_dir runs/shapes --export_dir exported/shapes
+    tfmaskrcnn export --experiment tfmaskrcnn_r50fpn_gpu --config_file my.yaml \\
+        --checkpoint_path runs/r50/ckpt-90000 --export_dir exported/r50 --input_type image_bytes
+
+One SavedModel holds three signatures, `image_tensor` (uint8 [B, H, W, 3]), `image_bytes`
+(encoded JPEG/PNG strings [B]) and `tf_example` (serialized tf.Example strings [B]);
+`serving_default` is the one named by --input_type. Outputs: see `tfmaskrcnn.serving.export_module`.
+The label map is the asset `assets/label_map.json`; params.yaml and export_report.json
+(the verification numbers) sit beside saved_model.pb.
+
+The export is written to a temporary folder, loaded back and run on sample images next to
+the in-memory model restored from the same checkpoint; only when boxes, scores, classes,
+class names and masks agree is it renamed to --export_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from typing import Optional, Sequence
+
+import numpy as np
+
+BOX_TOLERANCE_PX = 0.5
+SCORE_TOLERANCE = 1e-3
+MASK_TOLERANCE = 1e-2
+REPORT_FILENAME = "export_report.json"
+
+
+class ExportVerificationError(RuntimeError):
+    """The reloaded SavedModel does not reproduce the checkpoint's detections."""
+
+
+@dataclasses.dataclass
+class Verification:
+    images: int
+    detections_compared: int
+    max_box_diff_px: float
+    max_score_diff: float
+    max_mask_diff: float
+    signatures_checked: list
+
+    def __str__(self) -> str:
+        return (
+            f"verified on {self.images} images, {self.detections_compared} detections "
+            f"(signatures {', '.join(self.signatures_checked)}): max |diff| boxes "
+            f"{self.max_box_diff_px:.2e} px, scores {self.max_score_diff:.2e}, "
+            f"masks {self.max_mask_diff:.2e}"
+        )
+
+
+# ---------------------------------------------------------------- comparison (pure numpy)
+
+
+def compare_detections(
+    reference: dict,
+    exported: dict,
+    where: str,
+    box_tol: float = BOX_TOLERANCE_PX,
+    score_tol: float = SCORE_TOLERANCE,
+    mask_tol: float = MASK_TOLERANCE,
+) -> dict:
+    """Max abs differences between two detectors' outputs on one image; raises on a mismatch.
+
+    Both dicts: boxes [n, 4], scores [n], classes [n], masks [n, m, m], in score order. Rows
+    are compared in order; detections whose scores tie within `score_tol` may swap places,
+    so each reference row is matched to the closest box of its class among those ties.
+    """
+    n_ref, n_exp = len(reference["scores"]), len(exported["scores"])
+    if n_ref != n_exp:
+        raise ExportVerificationError(f"{where}: the checkpoint gives {n_ref} detections, the SavedModel {n_exp}")
+    diffs = {"box": 0.0, "score": 0.0, "mask": 0.0}
+    used = np.zeros(n_exp, bool)
+    for i in range(n_ref):
+        ties = np.flatnonzero(
+            ~used
+            & (np.abs(exported["scores"] - reference["scores"][i]) <= score_tol)
+            & (exported["classes"] == reference["classes"][i])
+        )
+        if not len(ties):
+            raise ExportVerificationError(
+                f"{where}: detection {i} of the checkpoint (class {int(reference['classes'][i])}, score "
+                f"{float(reference['scores'][i]):.4f}) has no SavedModel detection of the same class "
+                f"within score {score_tol}; SavedModel row {i} is class {int(exported['classes'][i])} "
+                f"score {float(exported['scores'][i]):.4f}"
+            )
+        box_diff = np.abs(exported["boxes"][ties] - reference["boxes"][i]).max(axis=1)
+        j = ties[int(np.argmin(box_diff))]
+        used[j] = True
+        diffs["box"] = max(diffs["box"], float(box_diff.min()))
+        diffs["score"] = max(diffs["score"], float(abs(exported["scores"][j] - reference["scores"][i])))
+        diffs["mask"] = max(diffs["mask"], float(np.abs(exported["masks"][j] - reference["masks"][i]).max()))
+    for key, tol in (("box", box_tol), ("score", score_tol), ("mask", mask_tol)):
+        if diffs[key] > tol:
+            raise ExportVerificationError(f"{where}: {key} values differ by up to {diffs[key]:.4g} (tolerance {tol})")
+    return diffs
+
+
+def sample_images(seed: int = 0) -> list:
+    """A few synthetic images of different sizes and aspect ratios (the box rescaling is
+    what most often goes wrong), with filled shapes so that the model has something to find."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for height, width in ((128, 128), (96, 160), (210, 140)):
+        image = np.full((height, width, 3), rng.integers(60, 200), np.uint8)
+        yy, xx = np.mgrid[:height, :width]
+        for _ in range(3):
+            cy, cx = rng.integers(0, height), rng.integers(0, width)
+            radius = rng.integers(8, max(9, min(height, width) // 3))
+            image[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = rng.integers(0, 256, 3)
+        images.append(image)
+    return images
+
+
+def _encode_png(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _tf_example(encoded: bytes) -> bytes:
+    import tensorflow as tf
+
+    feature = {"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _trim(outputs: dict, row: int) -> dict:
+    count = int(outputs["num_detections"][row])
+    return {
+        "boxes": outputs["detection_boxes_original"][row, :count],
+        "scores": outputs["detection_scores"][row, :count],
+        "classes": outputs["detection_classes"][row, :count].astype(np.int32),
+        "masks": outputs["detection_masks"][row, :count],
+        "names": [n.decode() for n in outputs["detection_class_names"][row, :count]],
+    }
+
+
+def verify_export(
+    saved_model_dir: str, reference, images: Sequence[np.ndarray], batch_size: Optional[int]
+) -> Verification:
+    """Runs every signature of the export on `images` and compares with `reference` (a detector)."""
+    import tensorflow as tf
+
+    from tfmaskrcnn.serving.detector import saved_model_label_map
+
+    loaded = tf.saved_model.load(saved_model_dir)
+    label_map = saved_model_label_map(loaded, saved_model_dir)
+    if tuple(label_map.names) != tuple(reference.label_map.names):
+        raise ExportVerificationError(
+            f"the exported label map has {list(label_map.names)}, the model "
+            f"was trained with {list(reference.label_map.names)}"
+        )
+    total = {"box": 0.0, "score": 0.0, "mask": 0.0}
+    compared = 0
+    repeat = batch_size or 1
+    for index, image in enumerate(images):
+        expected = reference(image)
+        encoded = _encode_png(image)  # lossless, so every signature sees the same pixels
+        inputs = {
+            "image_tensor": tf.constant(np.stack([image] * repeat)),
+            "image_bytes": tf.constant([encoded] * repeat),
+            "tf_example": tf.constant([_tf_example(encoded)] * repeat),
+        }
+        for signature, batch in inputs.items():
+            function = loaded.signatures[signature]
+            input_name = next(iter(function.structured_input_signature[1]))
+            outputs = {k: v.numpy() for k, v in function(**{input_name: batch}).items()}
+            got = _trim(outputs, 0)
+            where = f"sample image {index} ({image.shape[0]}x{image.shape[1]}), signature {signature}"
+            diffs = compare_detections(expected, got, where)
+            names = [label_map.name(int(c)) for c in got["classes"]]
+            if got["names"] != names:
+                raise ExportVerificationError(
+                    f"{where}: detection_class_names {got['names'][:5]} do not match the classes {names[:5]}"
+                )
+            for key in total:
+                total[key] = max(total[key], diffs[key])
+            compared += len(expected["scores"])
+    if compared == 0:
+        raise ExportVerificationError(
+            "no sample image gave a detection, so nothing was compared; "
+            "pass --verify_images with images the model detects objects in"
+        )
+    return Verification(
+        images=len(images),
+        detections_compared=compared,
+        max_box_diff_px=total["box"],
+        max_score_diff=total["score"],
+        max_mask_diff=total["mask"],
+        signatures_checked=list(inputs),
+    )
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_model(
+    params,
+    checkpoint_path: str,
+    export_dir: str,
+    input_type: str = "image_tensor",
+    batch_size: Optional[int] = None,
+    input_image_size: Optional[Sequence[int]] = None,
+    full_masks: bool = False,
+    verify: bool = True,
+    verify_images: Optional[Sequence[np.ndarray]] = None,
+    overwrite: bool = False,
+) -> Optional[Verification]:
+    """Exports, verifies and atomically publishes a SavedModel; returns the verification.
+
+    checkpoint_path: a ckpt-N prefix or a folder (its latest checkpoint). Raises
+    ExportVerificationError (nothing written) when the export disagrees with the checkpoint.
+    """
+    import tensorflow as tf
+    from official.vision.serving import export_saved_model_lib
+
+    import tfmaskrcnn.registry_imports  # noqa: F401  (registers our experiments and task)
+    from tfmaskrcnn.data.label_map import LABEL_MAP_FILENAME
+    from tfmaskrcnn.serving import export_module as serving
+    from tfmaskrcnn.serving.detector import CheckpointDetector
+    from tfmaskrcnn.tasks import config_resolution as experiment
+
+    if input_type not in serving.INPUT_TYPES:
+        raise ValueError(f"--input_type {input_type!r}: use one of {', '.join(serving.INPUT_TYPES)}")
+    if tf.io.gfile.isdir(checkpoint_path or ""):
+        found = tf.train.latest_checkpoint(checkpoint_path)
+        if not found:
+            raise FileNotFoundError(f"{checkpoint_path}: no checkpoint (ckpt-N.index) in this folder")
+        checkpoint_path = found
+    if not checkpoint_path or not tf.io.gfile.exists(checkpoint_path + ".index"):
+        raise FileNotFoundError(
+            f"checkpoint {checkpoint_path!r} not found (expected {checkpoint_path}.index); "
+            "pass a ckpt-N prefix or the training folder"
+        )
+    if tf.io.gfile.exists(export_dir) and tf.io.gfile.listdir(export_dir) and not overwrite:
+        raise FileExistsError(f"{export_dir} exists and is not empty; pass --overwrite or another --export_dir")
+    label_map = experiment.resolve_config(params.task)
+    size = list(input_image_size or params.task.model.input_size[:2])
+
+    staging = f"{export_dir.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
+    asset_dir = tempfile.mkdtemp(prefix="label_map_")
+    try:
+        asset_file = os.path.join(asset_dir, LABEL_MAP_FILENAME)
+        label_map.save(asset_file)
+        module = serving.TfMaskRCNNDetectionModule(
+            params,
+            label_map=label_map,
+            label_map_file=asset_file,
+            full_masks=full_masks,
+            batch_size=batch_size,
+            input_image_size=size,
+            input_type=input_type,
+        )
+        export_saved_model_lib.export_inference_graph(
+            input_type=input_type,
+            batch_size=batch_size,
+            input_image_size=size,
+            params=params,
+            checkpoint_path=checkpoint_path,
+            export_dir=staging,
+            export_module=module,
+            function_keys={t: t for t in serving.INPUT_TYPES},
+        )
+        verification = None
+        if verify:
+            reference = CheckpointDetector(params, checkpoint_path)
+            verification = verify_export(staging, reference, verify_images or sample_images(), batch_size)
+        report = {
+            "checkpoint": checkpoint_path,
+            "default_input_type": input_type,
+            "batch_size": batch_size,
+            "input_image_size": size,
+            "full_masks": full_masks,
+            "classes": list(label_map.names),
+            "verification": dataclasses.asdict(verification) if verification else None,
+        }
+        with tf.io.gfile.GFile(os.path.join(staging, REPORT_FILENAME), "w") as f:
+            f.write(json.dumps(report, indent=2) + "\n")
+        if tf.io.gfile.exists(export_dir):
+            tf.io.gfile.rmtree(export_dir)
+        tf.io.gfile.rename(staging, export_dir)
+        return verification
+    finally:
+        shutil.rmtree(asset_dir, ignore_errors=True)
+        if tf.io.gfile.exists(staging):
+            tf.io.gfile.rmtree(staging)
+
+
+def _params_from_args(args):
+    from official.core import exp_factory
+    from official.modeling import hyperparams
+
+    import tfmaskrcnn.registry_imports  # noqa: F401
+    from tfmaskrcnn.serving import detector as inference
+
+    if args.model_dir:
+        params = inference.load_params(os.path.join(args.model_dir, "params.yaml"))
+        checkpoint = args.checkpoint_path or inference.latest_checkpoint(args.model_dir)
+    else:
+        params = exp_factory.get_exp_config(args.experiment)
+        for config_file in args.config_file or []:
+            params = hyperparams.override_params_dict(params, config_file, is_strict=True)
+        checkpoint = args.checkpoint_path
+    if args.params_override:
+        params = hyperparams.override_params_dict(params, args.params_override, is_strict=True)
+    params.validate()
+    return params, checkpoint
+
+
+def _image_size(text: str) -> list:
+    try:
+        height, width = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HEIGHT,WIDTH such as 640,640") from None
+    return [height, width]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model_dir", help="a training run: its params.yaml and latest checkpoint")
+    source.add_argument("--experiment", help="a registered experiment (with --config_file and --checkpoint_path)")
+    parser.add_argument("--config_file", action="append", help="YAML over the experiment (repeatable)")
+    parser.add_argument("--params_override", help="a YAML/JSON string over the config")
+    parser.add_argument("--checkpoint_path", help="ckpt-N prefix or folder (default with --model_dir: latest)")
+    parser.add_argument("--export_dir", required=True, help="folder for the SavedModel")
+    parser.add_argument(
+        "--input_type",
+        default="image_tensor",
+        choices=("image_tensor", "image_bytes", "tf_example"),
+        help="the serving_default signature; all three are exported (default image_tensor)",
+    )
+    parser.add_argument(
+        "--batch_size", type=int, default=None, help="fixed batch size of the signatures (default: any)"
+    )
+    parser.add_argument(
+        "--input_image_size",
+        type=_image_size,
+        default=None,
+        metavar="H,W",
+        help="model input size images are resized to (default: the training size)",
+    )
+    parser.add_argument(
+        "--full_masks",
+        action="store_true",
+        help="also output detection_masks_full [B, N, H, W] uint8 0/1 in original pixels",
+    )
+    parser.add_argument(
+        "--verify_images", nargs="+", metavar="IMAGE", help="images for the verification (default: synthetic images)"
+    )
+    parser.add_argument("--no_verify", action="store_true", help="skip the comparison with the checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --export_dir")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        if args.experiment and not args.checkpoint_path:
+            raise ValueError("--experiment needs --checkpoint_path (a ckpt-N prefix or a training folder)")
+        images = None
+        if args.verify_images:
+            from PIL import Image
+
+            images = []
+            for path in args.verify_images:
+                with Image.open(path) as image:
+                    images.append(np.asarray(image.convert("RGB")))
+        params, checkpoint = _params_from_args(args)
+        verification = export_model(
+            params,
+            checkpoint,
+            args.export_dir,
+            input_type=args.input_type,
+            batch_size=args.batch_size,
+            input_image_size=args.input_image_size,
+            full_masks=args.full_masks,
+            verify=not args.no_verify,
+            verify_images=images,
+            overwrite=args.overwrite,
+        )
+    except ExportVerificationError as e:
+        print(
+            f"tfmaskrcnn export: the SavedModel does not match the checkpoint, nothing was written: {e}",
+            file=sys.stderr,
+        )
+        return 1
+    except (FileNotFoundError, FileExistsError, ValueError, OSError) as e:
+        print(f"tfmaskrcnn export: error: {e}", file=sys.stderr)
+        return 2
+    if verification:
+        print(verification)
+    print(
+        f"SavedModel written to {args.export_dir} (signatures serving_default={args.input_type}, "
+        "image_tensor, image_bytes, tf_example; label map in assets/label_map.json)"
+    )
+    return 0

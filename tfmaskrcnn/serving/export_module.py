@@ -1,0 +1,144 @@
+"""The serving module: Model Garden's `DetectionModule` plus original-pixel boxes, class names,
+pasted masks and the label map as a SavedModel asset.
+
+Outputs of every signature (B images, N = max_num_detections):
+
+- the stock ones, unchanged: `detection_boxes` [B, N, 4] (ymin, xmin, ymax, xmax in pixels
+  of the resized model input), `detection_scores` [B, N], `detection_classes` [B, N] int
+  (contiguous ids 1..K, 0 on padding rows), `num_detections` [B], `detection_masks`
+  [B, N, 28, 28] (probabilities relative to each box) and `image_info` [B, 4, 2];
+- `detection_boxes_original` [B, N, 4]: ymin, xmin, ymax, xmax in pixels of the ORIGINAL
+  image (the stock boxes are kept, so tools written for Model Garden keep working);
+- `detection_class_names` [B, N] string: the label map's names ('' on padding rows);
+- with `full_masks`: `detection_masks_full` [B, N, H, W] uint8 0/1, the 28x28 masks pasted
+  into the original image and thresholded at `mask_threshold` (0 on padding rows).
+
+The label map travels as the asset `assets/label_map.json`
+(`loaded.label_map_asset.asset_path` after `tf.saved_model.load`).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping, Text
+
+import tensorflow as tf
+from official.vision.serving import detection
+
+from tfmaskrcnn.data.label_map import LabelMap
+
+INPUT_TYPES = ("image_tensor", "image_bytes", "tf_example")
+DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
+
+
+def boxes_to_original(boxes: tf.Tensor, image_info: tf.Tensor) -> tf.Tensor:
+    """Model-input pixel boxes [B, N, 4] -> original-image pixels, clipped to the image.
+
+    image_info rows (Model Garden's convention): original size, resized size, scale, offset;
+    the resize maps x -> x * scale - offset, so the inverse is (x + offset) / scale.
+    """
+    scale = tf.tile(image_info[:, 2:3, :], [1, 1, 2])
+    offset = tf.tile(image_info[:, 3:4, :], [1, 1, 2])
+    original = (boxes + offset) / scale
+    size = tf.tile(image_info[:, 0:1, :], [1, 1, 2])
+    return tf.minimum(tf.maximum(original, 0.0), size)
+
+
+def paste_masks(masks: tf.Tensor, boxes: tf.Tensor, height, width) -> tf.Tensor:
+    """Pastes box-relative masks [N, m, m] into an image canvas: [N, height, width] float.
+
+    boxes: [N, 4] ymin, xmin, ymax, xmax in canvas pixels. Each mask cell is taken to cover
+    1/m of its box and is sampled bilinearly at pixel centres; the mask is zero-padded by one
+    cell first (as Detectron and Model Garden's evaluator do) so that the edge fades out
+    instead of smearing the border value over the whole canvas.
+    """
+    masks = tf.convert_to_tensor(masks, tf.float32)
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    mask_h, mask_w = masks.shape[1], masks.shape[2]
+    padded = tf.pad(masks, [[0, 0], [1, 1], [1, 1]])[..., tf.newaxis]
+    ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
+    box_h = tf.maximum(ymax - ymin, 1e-3)
+    box_w = tf.maximum(xmax - xmin, 1e-3)
+    height_f = tf.cast(height, tf.float32)
+    width_f = tf.cast(width, tf.float32)
+    # Padded-mask coordinate of the centres of the first and the last canvas row/column.
+    y_first = (0.5 - ymin) * mask_h / box_h + 0.5
+    y_last = (height_f - 0.5 - ymin) * mask_h / box_h + 0.5
+    x_first = (0.5 - xmin) * mask_w / box_w + 0.5
+    x_last = (width_f - 0.5 - xmin) * mask_w / box_w + 0.5
+    # crop_and_resize wants coordinates normalized by (size - 1) of the padded mask.
+    crop_boxes = tf.stack(
+        [y_first / (mask_h + 1), x_first / (mask_w + 1), y_last / (mask_h + 1), x_last / (mask_w + 1)], axis=-1
+    )
+    pasted = tf.image.crop_and_resize(
+        padded,
+        crop_boxes,
+        tf.range(tf.shape(masks)[0]),
+        tf.stack([height, width]),
+        method="bilinear",
+        extrapolation_value=0.0,
+    )
+    return pasted[..., 0]
+
+
+class TfMaskRCNNDetectionModule(detection.DetectionModule):
+    """`DetectionModule` with the outputs listed in the module docstring.
+
+    label_map: the classes of the model (its `num_classes` must be K + 1).
+    label_map_file: a file named label_map.json holding that map; stored as the asset.
+    full_masks: add `detection_masks_full`; costs B*N*H*W bytes per call, so it suits
+    small images; clients can paste the 28x28 masks themselves with `paste_masks`.
+    """
+
+    def __init__(
+        self,
+        params,
+        *,
+        label_map: LabelMap,
+        label_map_file: str,
+        full_masks: bool = False,
+        mask_threshold: float = 0.5,
+        **kwargs,
+    ):
+        if params.task.model.num_classes != label_map.num_classes + 1:
+            raise ValueError(
+                f"the model has num_classes={params.task.model.num_classes} but the label map has "
+                f"{label_map.num_classes} classes (expected num_classes={label_map.num_classes + 1}, "
+                "background + classes); export with the label map the model was trained with"
+            )
+        super().__init__(params, **kwargs)
+        self.label_map_asset = tf.saved_model.Asset(label_map_file)
+        self._class_names = tf.constant(["background"] + list(label_map.names))
+        self._full_masks = full_masks
+        self._mask_threshold = float(mask_threshold)
+
+    def serve(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
+        outputs = dict(super().serve(images))
+        classes = tf.cast(outputs["detection_classes"], tf.int32)
+        max_detections = tf.shape(classes)[1]
+        valid = tf.range(max_detections)[tf.newaxis, :] < tf.cast(outputs["num_detections"], tf.int32)[:, tf.newaxis]
+        boxes = boxes_to_original(outputs["detection_boxes"], outputs["image_info"])
+        outputs["detection_boxes_original"] = boxes
+        outputs["detection_class_names"] = tf.where(valid, tf.gather(self._class_names, classes), tf.constant(""))
+        if self._full_masks and "detection_masks" in outputs:
+            outputs["detection_masks_full"] = self._full_image_masks(
+                outputs["detection_masks"], boxes, valid, tf.shape(images)
+            )
+        return outputs
+
+    def _full_image_masks(self, masks, boxes, valid, image_shape) -> tf.Tensor:
+        # Images of one batch share one size (a dense tensor), so one canvas size serves all.
+        batch, count = tf.shape(masks)[0], tf.shape(masks)[1]
+        height, width = image_shape[1], image_shape[2]
+        flat = paste_masks(
+            tf.reshape(masks, [-1, masks.shape[2], masks.shape[3]]), tf.reshape(boxes, [-1, 4]), height, width
+        )
+        binary = tf.cast(flat >= self._mask_threshold, tf.uint8)
+        binary = tf.reshape(binary, [batch, count, height, width])
+        return binary * tf.cast(valid, tf.uint8)[:, :, tf.newaxis, tf.newaxis]
+
+    def get_inference_signatures(self, function_keys: Dict[Text, Text]) -> Mapping[Text, object]:
+        """Model Garden's signatures; the one of this module's input type also as serving_default."""
+        signatures = dict(super().get_inference_signatures(function_keys))
+        if DEFAULT_SIGNATURE not in signatures and self._input_type in function_keys:
+            signatures[DEFAULT_SIGNATURE] = signatures[function_keys[self._input_type]]
+        return signatures

@@ -1,0 +1,203 @@
+"""Fill in and check the parts of a config that come from the data, before anything is built.
+
+`resolve_config` is called by `tools/train.py` before `params.yaml` is written (so the file
+holds the exact label map, class count, class weights and sampling threshold the run used)
+and again by the task's constructor, for users who drive Model Garden's own trainer. It is
+idempotent: a config that is already resolved is only checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import tensorflow as tf
+
+from tfmaskrcnn import io
+from tfmaskrcnn.data.label_map import LabelMap, find_label_map
+from tfmaskrcnn.io import DATASET_STATS_FILENAME
+
+
+class ConfigError(ValueError):
+    """A config that cannot train what the user means; the message says the fix."""
+
+
+def first_input_pattern(input_path) -> str:
+    if isinstance(input_path, (list, tuple)):
+        return input_path[0] if input_path else ""
+    return str(input_path or "")
+
+
+def _stats_path_beside(input_path) -> Optional[str]:
+    pattern = first_input_pattern(input_path)
+    if not pattern:
+        return None
+    path = os.path.join(os.path.dirname(pattern), DATASET_STATS_FILENAME)
+    return path if tf.io.gfile.exists(path) else None
+
+
+def load_training_stats(input_path):
+    """Class statistics of the training set: the converter's dataset_stats.json beside the
+    records when there is one (instant), else one pass over the records."""
+    from tfmaskrcnn.data import stats as stats_lib  # pylint: disable=g-import-not-at-top
+
+    pattern = first_input_pattern(input_path)
+    stats_path = _stats_path_beside(pattern)
+    if stats_path:
+        return stats_lib.load_dataset_stats(stats_path)
+    return stats_lib.load_class_stats(pattern)
+
+
+def resolve_label_map(task_config) -> LabelMap:
+    """Loads the label map named in the config or found beside the training records."""
+    path = task_config.label_map_path or find_label_map(first_input_pattern(task_config.train_data.input_path))
+    if not path:
+        raise ConfigError(
+            "No label map: set task.label_map_path to the label_map.json written by "
+            "`tfmaskrcnn convert`, or point task.train_data.input_path at records that have one "
+            f"beside them (input_path is {task_config.train_data.input_path!r})."
+        )
+    if "://" not in path:
+        path = os.path.abspath(path)  # params.yaml must work from any working directory
+    if not tf.io.gfile.exists(path):
+        raise ConfigError(
+            f"task.label_map_path {path} does not exist: point it at the label_map.json "
+            "written by `tfmaskrcnn convert` (--params_override task.label_map_path=...)"
+        )
+    if task_config.label_map_path != path:
+        task_config.label_map_path = path
+    return LabelMap.load(path)
+
+
+def check_num_classes(task_config, label_map: LabelMap) -> None:
+    """Derives `model.num_classes` (background + K) or checks the user's value against it."""
+    expected = label_map.num_classes + 1
+    given = task_config.model.num_classes
+    if given in (0, None):
+        task_config.model.num_classes = expected
+    elif given != expected:
+        raise ConfigError(
+            f"task.model.num_classes is {given} but the label map {task_config.label_map_path} has "
+            f"{label_map.num_classes} classes: set task.model.num_classes={expected} "
+            f"(background + {label_map.num_classes} classes), or 0 to derive it."
+        )
+
+
+def _fill_validation_count(task_config) -> None:
+    """Model Garden needs validation_data.num_examples > 0 to write its COCO annotation file."""
+    val = task_config.validation_data
+    if task_config.annotation_file or not val.input_path or val.num_examples > 0:
+        return
+    stats_path = _stats_path_beside(val.input_path)
+    if stats_path:
+        with tf.io.gfile.GFile(stats_path) as f:
+            val.num_examples = int(json.load(f)["num_images"])
+
+
+def _resolve_class_weights(task_config, label_map: LabelMap) -> None:
+    from tfmaskrcnn import losses  # pylint: disable=g-import-not-at-top
+
+    weighting = task_config.class_balance.weighting
+    num_classes = task_config.model.num_classes
+    if weighting.scheme == "none" and not weighting.weights:
+        return
+    if weighting.weights:  # explicit, or already computed by an earlier resolve
+        weights = losses.compute_class_weights(
+            [1] * label_map.num_classes,
+            scheme="explicit",
+            weights=list(weighting.weights),
+            background_weight=weighting.background_weight,
+        )
+    else:
+        stats = load_training_stats(task_config.train_data.input_path)
+        weights = losses.compute_class_weights(
+            stats.instance_counts,
+            scheme=weighting.scheme,
+            beta=weighting.beta,
+            background_weight=weighting.background_weight,
+            max_ratio=weighting.max_ratio,
+        )
+    if len(weights) != num_classes:
+        raise ConfigError(
+            f"class weights have {len(weights)} entries, num_classes is {num_classes} "
+            f"(background + {num_classes - 1} classes)"
+        )
+    resolved = [round(float(w), 6) for w in weights]
+    if list(weighting.weights or []) != resolved:
+        weighting.weights = resolved
+
+
+def _resolve_sampling(task_config, label_map: LabelMap) -> None:
+    from tfmaskrcnn.dataloaders import sampling  # pylint: disable=g-import-not-at-top
+
+    spec = task_config.train_data.sampling
+    if spec.type not in ("none", "repeat_factor", "class_aware"):
+        raise ConfigError(f"task.train_data.sampling.type is {spec.type!r}: use none, repeat_factor or class_aware")
+    if spec.type != "repeat_factor" or spec.threshold is not None:
+        return
+    stats = load_training_stats(task_config.train_data.input_path)
+    spec.threshold = float(sampling.choose_threshold(stats.image_frequency()))
+
+
+def resolve_config(task_config) -> LabelMap:
+    """Resolves label map, class count, validation count, class weights and sampling threshold.
+
+    Returns the label map. Raises ConfigError with the fix when the config cannot work.
+    """
+    label_map = resolve_label_map(task_config)
+    check_num_classes(task_config, label_map)
+    _fill_validation_count(task_config)
+    if task_config.class_balance.normalization not in ("weight_sum", "mean"):
+        raise ConfigError(
+            "task.class_balance.normalization must be weight_sum or mean, not "
+            f"{task_config.class_balance.normalization!r}"
+        )
+    if task_config.losses.class_weights:
+        raise ConfigError(
+            "task.losses.class_weights is Model Garden's unnormalized weight list; "
+            "use task.class_balance.weighting {scheme: explicit, weights: [...]} "
+            "instead (with normalization: mean for the same loss)."
+        )
+    if (
+        task_config.losses.frcnn_class_use_binary_cross_entropy
+        or task_config.losses.frcnn_class_loss_top_k_percent < 1.0
+    ):
+        raise ConfigError(
+            "task.losses.frcnn_class_use_binary_cross_entropy and "
+            "frcnn_class_loss_top_k_percent are not used by the weighted classification "
+            "loss; set task.class_balance.loss_type (softmax or sigmoid_focal) instead."
+        )
+    _resolve_class_weights(task_config, label_map)
+    _resolve_sampling(task_config, label_map)
+    return label_map
+
+
+def write_resolution_report(task_config, label_map: LabelMap, model_dir: str) -> str:
+    """Writes `class_balance.md`: a readable table of what `resolve_config` decided."""
+    weights = task_config.class_balance.weighting.weights
+    lines = [
+        "# Classes and class balance of this run",
+        "",
+        f"- label map: `{task_config.label_map_path}`",
+        f"- num_classes: {task_config.model.num_classes} (background + {label_map.num_classes})",
+        f"- weighting scheme: {task_config.class_balance.weighting.scheme}, "
+        f"normalization: {task_config.class_balance.normalization}, "
+        f"loss: {task_config.class_balance.loss_type}",
+        f"- sampling: {task_config.train_data.sampling.type}"
+        + (
+            f", threshold {task_config.train_data.sampling.threshold:.4g}"
+            if task_config.train_data.sampling.threshold is not None
+            else ""
+        ),
+        "",
+        "| id | class | weight |",
+        "|---:|---|---:|",
+        f"| 0 | background | {weights[0] if weights else 1.0:.4g} |",
+    ]
+    for class_id in range(1, label_map.num_classes + 1):
+        weight = weights[class_id] if weights else 1.0
+        lines.append(f"| {class_id} | {label_map.name(class_id)} | {weight:.4g} |")
+    path = io.join(model_dir, "class_balance.md")
+    io.write_atomic(path, "\n".join(lines) + "\n")
+    return path

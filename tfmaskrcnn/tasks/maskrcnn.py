@@ -1,0 +1,187 @@
+"""The Mask R-CNN task: Model Garden's, with a label map, class balance and per-class evaluation.
+
+What it changes, and nothing else:
+- the config is resolved against the data when the task is built (label map, num_classes,
+  class weights, sampling threshold; see `tfmaskrcnn.tasks.config_resolution`);
+- training inputs go through our augmenting parser and an optional image sampler
+  (Model Garden's `build_inputs` passes no `sample_fn`);
+- the box head's classification loss is the weighted loss of `tfmaskrcnn.losses.classification`
+  (identical to Model Garden's with all weights 1);
+- collapse signals are logged while training;
+- evaluation adds exact per-class COCO AP keyed by class name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import tensorflow as tf
+import tf_keras
+from official.common import dataset_fn as dataset_fn_lib
+from official.core import task_factory
+from official.vision.dataloaders import (
+    input_reader,
+    input_reader_factory,
+    tf_example_decoder,
+    tf_example_label_map_decoder,
+)
+from official.vision.tasks import maskrcnn as mg_task
+
+from tfmaskrcnn import losses as losses_lib
+from tfmaskrcnn.augment import presets as augment_presets
+from tfmaskrcnn.configs import maskrcnn as configs
+from tfmaskrcnn.dataloaders import parser as parser_lib
+from tfmaskrcnn.dataloaders import sampling
+from tfmaskrcnn.diagnostics import training_signals
+from tfmaskrcnn.tasks import config_resolution as experiment
+
+COLLAPSE_METRICS = ("fg_accuracy", "fg_predicted_background")
+
+
+@task_factory.register_task_cls(configs.TfMaskRCNNTask)
+class TfMaskRCNNTask(mg_task.MaskRCNNTask):
+    """Model Garden's MaskRCNNTask with our data, loss and evaluation additions."""
+
+    def __init__(self, params: configs.TfMaskRCNNTask, logging_dir: Optional[str] = None, name: Optional[str] = None):
+        self.label_map = experiment.resolve_config(params)
+        super().__init__(params, logging_dir=logging_dir, name=name)
+
+    # ---------------------------------------------------------------- inputs
+    def _build_decoder(self, params):
+        decoder_cfg = params.decoder.get()
+        common = dict(
+            include_mask=self.task_config.model.include_mask,
+            regenerate_source_id=decoder_cfg.regenerate_source_id,
+            mask_binarize_threshold=decoder_cfg.mask_binarize_threshold,
+        )
+        if params.decoder.type == "label_map_decoder":
+            return tf_example_label_map_decoder.TfExampleDecoderLabelMap(label_map=decoder_cfg.label_map, **common)
+        return tf_example_decoder.TfExampleDecoder(**common)
+
+    def _build_parser(self, params) -> parser_lib.AugmentingParser:
+        model, parser = self.task_config.model, params.parser
+        augmenter = None
+        if params.is_training:
+            # A float image in [0, 1] goes into Model Garden's normalize_image as it is, saving
+            # a round trip through uint8; its own AutoAugment / RandAugment want uint8.
+            augmenter = augment_presets.build_augmenter(
+                parser.augmentation, unit_float_image=not (parser.aug_type and parser.aug_type.type)
+            )
+        return parser_lib.AugmentingParser(
+            augmenter=augmenter,
+            output_size=model.input_size[:2],
+            min_level=model.min_level,
+            max_level=model.max_level,
+            num_scales=model.anchor.num_scales,
+            aspect_ratios=model.anchor.aspect_ratios,
+            anchor_size=model.anchor.anchor_size,
+            rpn_match_threshold=parser.rpn_match_threshold,
+            rpn_unmatched_threshold=parser.rpn_unmatched_threshold,
+            rpn_batch_size_per_im=parser.rpn_batch_size_per_im,
+            rpn_fg_fraction=parser.rpn_fg_fraction,
+            aug_rand_hflip=parser.aug_rand_hflip,
+            aug_rand_vflip=parser.aug_rand_vflip,
+            aug_scale_min=parser.aug_scale_min,
+            aug_scale_max=parser.aug_scale_max,
+            aug_type=parser.aug_type,
+            skip_crowd_during_training=parser.skip_crowd_during_training,
+            max_num_instances=parser.max_num_instances,
+            include_mask=model.include_mask,
+            outer_boxes_scale=model.outer_boxes_scale,
+            mask_crop_size=parser.mask_crop_size,
+            dtype=params.dtype,
+        )
+
+    def _build_sample_fn(self, params, input_context=None):
+        spec = getattr(params, "sampling", None)
+        if not params.is_training or spec is None or spec.type == "none":
+            return None
+        seed = spec.seed
+        if seed is not None and input_context is not None:
+            seed += input_context.input_pipeline_id  # each host draws its own stream
+        stats = experiment.load_training_stats(params.input_path)
+        if spec.type == "class_aware":
+            # Only classes present in the data: a class with no image would never yield.
+            return sampling.make_class_aware_sample_fn(
+                self.label_map.num_classes, seed=seed, class_ids=stats.present_class_ids()
+            )
+        class_repeat = sampling.repeat_factors(stats.image_frequency(), spec.threshold)
+        return sampling.make_repeat_factor_sample_fn(class_repeat, seed=seed, shuffle_buffer=spec.shuffle_buffer_size)
+
+    def build_inputs(
+        self,
+        params,
+        input_context: Optional[tf.distribute.InputContext] = None,
+        dataset_fn: Optional[dataset_fn_lib.PossibleDatasetType] = None,
+    ):
+        """Model Garden's input pipeline with our parser and an optional image sampler."""
+        reader = input_reader_factory.input_reader_generator(
+            params,
+            dataset_fn=dataset_fn or dataset_fn_lib.pick_dataset_fn(params.file_type),
+            decoder_fn=self._build_decoder(params).decode,
+            combine_fn=input_reader.create_combine_fn(params),
+            sample_fn=self._build_sample_fn(params, input_context),
+            parser_fn=self._build_parser(params).parse_fn(params.is_training),
+        )
+        return reader.read(input_context=input_context)
+
+    # ---------------------------------------------------------------- losses
+    def _classification_loss(self):
+        balance = self.task_config.class_balance
+        weights = balance.weighting.weights or [1.0] * self.task_config.model.num_classes
+        return losses_lib.WeightedFastrcnnClassLoss(
+            class_weights=weights,
+            normalization=balance.normalization,
+            loss_type=balance.loss_type,
+            focal_alpha=balance.focal_alpha,
+            focal_gamma=balance.focal_gamma,
+        )
+
+    def _build_frcnn_losses(self, outputs: Mapping[str, Any], labels: Mapping[str, Any]):
+        """Model Garden's box loss; our weighted classification loss, averaged over cascade heads."""
+        _, frcnn_box_loss = super()._build_frcnn_losses(outputs, labels)
+        cascade = self.task_config.model.roi_sampler.cascade_iou_thresholds
+        loss_fn = self._classification_loss()
+        suffixes = [""] + [f"_{i}" for i in range(1, 1 + len(cascade or []))]
+        cls_loss = tf.add_n(
+            [loss_fn(outputs["class_outputs" + s], outputs["class_targets" + s]) for s in suffixes]
+        ) / len(suffixes)
+        return cls_loss, frcnn_box_loss
+
+    def build_losses(self, outputs, labels, aux_losses=None):
+        result = super().build_losses(outputs, labels, aux_losses)
+        if self.task_config.log_collapse_signals and "class_outputs" in outputs:
+            # Returned with the losses so that Model Garden's train_step feeds them to the
+            # metrics of the same name; they do not enter total_loss.
+            signals = training_signals.collapse_signals(outputs["class_outputs"], outputs["class_targets"])
+            result["fg_accuracy"] = signals["foreground_accuracy"]
+            result["fg_predicted_background"] = signals["foreground_as_background"]
+            histogram = tf.cast(signals["predicted_class_histogram"], tf.float32)
+            shares = tf.math.divide_no_nan(histogram, tf.reduce_sum(histogram))
+            for class_id in range(1, self.label_map.num_classes + 1):
+                result[self._share_metric_name(class_id)] = shares[class_id]
+        return result
+
+    def _share_metric_name(self, class_id: int) -> str:
+        return f"fg_predicted_share/{self.label_map.name(class_id)}"
+
+    def build_metrics(self, training: bool = True):
+        metrics = super().build_metrics(training)
+        if training and self.task_config.log_collapse_signals:
+            names = list(COLLAPSE_METRICS) + [
+                self._share_metric_name(c) for c in range(1, self.label_map.num_classes + 1)
+            ]
+            metrics += [tf_keras.metrics.Mean(n, dtype=tf.float32) for n in names]
+        return metrics
+
+    # ------------------------------------------------------------ evaluation
+    def _build_coco_metrics(self):
+        """Model Garden's COCO evaluator set-up, then our per-class subclass in its place."""
+        from tfmaskrcnn.evaluation.evaluator import PerClassCOCOEvaluator  # pylint: disable=g-import-not-at-top
+
+        super()._build_coco_metrics()
+        self.coco_metric = PerClassCOCOEvaluator(
+            annotation_file=self.coco_metric._annotation_file,  # pylint: disable=protected-access
+            include_mask=self.task_config.model.include_mask,
+            label_map=self.label_map,
+        )
