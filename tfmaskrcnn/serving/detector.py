@@ -29,10 +29,13 @@ class CheckpointDetector:
         from official.vision.ops import anchor, preprocess_ops
 
         import tfmaskrcnn.registry_imports  # noqa: F401  (registers the task)
+        from tfmaskrcnn.tasks import config_resolution
 
         self.params = params
+        # A resolved config (a training run's params.yaml) is only checked: building the
+        # model never reads the training data.
+        self.label_map: LabelMap = config_resolution.check_resolved(params.task)
         task = task_factory.get_task(params.task)
-        self.label_map: LabelMap = task.label_map
         self.model = model if model is not None else task.build_model()
         self.checkpoint_path = checkpoint_path
         self._restore_status = None

@@ -247,7 +247,9 @@ def export_model(
         )
     if tf.io.gfile.exists(export_dir) and tf.io.gfile.listdir(export_dir) and not overwrite:
         raise FileExistsError(f"{export_dir} exists and is not empty; pass --overwrite or another --export_dir")
-    label_map = experiment.resolve_config(params.task)
+    # The model dir's params.yaml was resolved when training started; only check it here
+    # (the label map file), so that export never needs the training data.
+    label_map = experiment.check_resolved(params.task)
     size = list(input_image_size or params.task.model.input_size[:2])
 
     staging = f"{export_dir.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"

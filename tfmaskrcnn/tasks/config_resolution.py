@@ -1,9 +1,14 @@
 """Fill in and check the parts of a config that come from the data, before anything is built.
 
-`resolve_config` is called by `tools/train.py` before `params.yaml` is written (so the file
-holds the exact label map, class count, class weights and sampling threshold the run used)
-and again by the task's constructor, for users who drive Model Garden's own trainer. It is
-idempotent: a config that is already resolved is only checked.
+Two entry points:
+- `resolve_config` reads the training data (label map, dataset_stats.json or one pass over the
+  records) and fills in the label map path, num_classes, class weights, the sampling threshold
+  and validation num_examples. It runs once, in the training driver (`tfmaskrcnn train`,
+  `tools/train.py`), before `params.yaml` is written, so the model dir records exactly what
+  ran. It is idempotent: a config that is already resolved is only checked.
+- `check_resolved` is what everything after training start uses (the task, export, the
+  checkpoint detector): it reads only the label map file and raises `UnresolvedConfigError`
+  with the fix when a derived field is still unset. It never touches the training data.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from tfmaskrcnn.io import DATASET_STATS_FILENAME
 
 class ConfigError(ValueError):
     """A config that cannot train what the user means; the message says the fix."""
+
+
+class UnresolvedConfigError(ConfigError):
+    """A field that `resolve_config` derives from the training data is still unset."""
 
 
 def first_input_pattern(input_path) -> str:
@@ -132,22 +141,14 @@ def _resolve_sampling(task_config, label_map: LabelMap) -> None:
     from tfmaskrcnn.dataloaders import sampling  # pylint: disable=g-import-not-at-top
 
     spec = task_config.train_data.sampling
-    if spec.type not in ("none", "repeat_factor", "class_aware"):
-        raise ConfigError(f"task.train_data.sampling.type is {spec.type!r}: use none, repeat_factor or class_aware")
     if spec.type != "repeat_factor" or spec.threshold is not None:
         return
     stats = load_training_stats(task_config.train_data.input_path)
     spec.threshold = float(sampling.choose_threshold(stats.image_frequency()))
 
 
-def resolve_config(task_config) -> LabelMap:
-    """Resolves label map, class count, validation count, class weights and sampling threshold.
-
-    Returns the label map. Raises ConfigError with the fix when the config cannot work.
-    """
-    label_map = resolve_label_map(task_config)
-    check_num_classes(task_config, label_map)
-    _fill_validation_count(task_config)
+def _check_static(task_config) -> None:
+    """Checks that need no data: settings that would be ignored or are misspelled."""
     if task_config.class_balance.normalization not in ("weight_sum", "mean"):
         raise ConfigError(
             "task.class_balance.normalization must be weight_sum or mean, not "
@@ -168,8 +169,86 @@ def resolve_config(task_config) -> LabelMap:
             "frcnn_class_loss_top_k_percent are not used by the weighted classification "
             "loss; set task.class_balance.loss_type (softmax or sigmoid_focal) instead."
         )
+    if task_config.train_data.sampling.type not in ("none", "repeat_factor", "class_aware"):
+        raise ConfigError(
+            f"task.train_data.sampling.type is {task_config.train_data.sampling.type!r}: "
+            "use none, repeat_factor or class_aware"
+        )
+
+
+def resolve_config(task_config) -> LabelMap:
+    """Resolves label map, class count, validation count, class weights and sampling threshold.
+
+    Reads the training data. Returns the label map. Raises ConfigError with the fix when the
+    config cannot work.
+    """
+    label_map = resolve_label_map(task_config)
+    check_num_classes(task_config, label_map)
+    _fill_validation_count(task_config)
+    _check_static(task_config)
     _resolve_class_weights(task_config, label_map)
     _resolve_sampling(task_config, label_map)
+    return label_map
+
+
+_RESOLVE_FIX = (
+    "train with `tfmaskrcnn train` (or tools/train.py), which resolves the config against the "
+    "training data and records it in the model dir's params.yaml, and use that params.yaml"
+)
+
+
+def check_resolved(task_config) -> LabelMap:
+    """Checks that a config was resolved (by `resolve_config`) and returns its label map.
+
+    Reads only the label map file, never the training data. Raises UnresolvedConfigError for
+    a field that is still unset (label map path, num_classes 0, class weights of a weighting
+    scheme, the repeat-factor threshold) and ConfigError for one that is inconsistent.
+    """
+    path = task_config.label_map_path
+    if not path:
+        raise UnresolvedConfigError(f"task.label_map_path is empty: {_RESOLVE_FIX}, or set task.label_map_path")
+    if not tf.io.gfile.exists(path):
+        raise ConfigError(
+            f"task.label_map_path {path} does not exist: point it at the label_map.json written by "
+            "`tfmaskrcnn convert` (training also copies it into the model dir)"
+        )
+    label_map = LabelMap.load(path)
+    expected = label_map.num_classes + 1
+    given = task_config.model.num_classes
+    if given in (0, None):
+        raise UnresolvedConfigError(
+            f"task.model.num_classes is {given}: {_RESOLVE_FIX}, or set task.model.num_classes={expected} "
+            f"(background + the {label_map.num_classes} classes of {path})"
+        )
+    if given != expected:
+        raise ConfigError(
+            f"task.model.num_classes is {given} but the label map {path} has {label_map.num_classes} "
+            f"classes: set task.model.num_classes={expected} (background + {label_map.num_classes} classes)"
+        )
+    _check_static(task_config)
+    weighting = task_config.class_balance.weighting
+    weights = list(weighting.weights or [])
+    if weighting.scheme != "none" and not weights:
+        raise UnresolvedConfigError(
+            f"task.class_balance.weighting.scheme is {weighting.scheme!r} but weights is empty: "
+            f"{_RESOLVE_FIX}, or set task.class_balance.weighting.weights to {expected} numbers (background first)"
+        )
+    if weights and len(weights) != expected:
+        if weighting.scheme == "explicit" and len(weights) == label_map.num_classes:
+            raise UnresolvedConfigError(
+                f"task.class_balance.weighting.weights has {len(weights)} entries (one per class, "
+                f"no background): {_RESOLVE_FIX}, or put the background weight first"
+            )
+        raise ConfigError(
+            f"task.class_balance.weighting.weights has {len(weights)} entries, num_classes is {expected} "
+            f"(background + {label_map.num_classes} classes): add the background weight first"
+        )
+    spec = task_config.train_data.sampling
+    if spec.type == "repeat_factor" and spec.threshold is None:
+        raise UnresolvedConfigError(
+            f"task.train_data.sampling.type is repeat_factor but threshold is unset: {_RESOLVE_FIX}, "
+            "or set task.train_data.sampling.threshold (LVIS uses 0.001)"
+        )
     return label_map
 
 

@@ -1,8 +1,9 @@
 """The Mask R-CNN task: Model Garden's, with a label map, class balance and per-class evaluation.
 
 What it changes, and nothing else:
-- the config is resolved against the data when the task is built (label map, num_classes,
-  class weights, sampling threshold; see `tfmaskrcnn.tasks.config_resolution`);
+- the config must come resolved (label map, num_classes, class weights, sampling threshold;
+  see `tfmaskrcnn.tasks.config_resolution`): the task only checks it and reads the label map,
+  so export and inference never need the training data;
 - training inputs go through our augmenting parser and an optional image sampler
   (Model Garden's `build_inputs` passes no `sample_fn`);
 - the box head's classification loss is the weighted loss of `tfmaskrcnn.losses.classification`
@@ -17,6 +18,7 @@ from typing import Any, Mapping, Optional
 
 import tensorflow as tf
 import tf_keras
+from absl import logging
 from official.common import dataset_fn as dataset_fn_lib
 from official.core import task_factory
 from official.vision.dataloaders import (
@@ -43,7 +45,20 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
     """Model Garden's MaskRCNNTask with our data, loss and evaluation additions."""
 
     def __init__(self, params: configs.TfMaskRCNNTask, logging_dir: Optional[str] = None, name: Optional[str] = None):
-        self.label_map = experiment.resolve_config(params)
+        try:
+            self.label_map = experiment.check_resolved(params)
+        except experiment.UnresolvedConfigError as unresolved:
+            # Model Garden's own trainer (official/vision/train.py with our experiments) builds
+            # the task from an unresolved config: resolving here once keeps that run working.
+            # Export and the detectors call check_resolved before building a task, so they
+            # fail with the fix instead of reaching this (and the training data).
+            logging.warning(
+                "The task config is not resolved (%s). Resolving it against the training data now; "
+                "params.yaml written by this trainer will not record the resolved values: "
+                "start training with `tfmaskrcnn train` to record them.",
+                unresolved,
+            )
+            self.label_map = experiment.resolve_config(params)
         super().__init__(params, logging_dir=logging_dir, name=name)
 
     # ---------------------------------------------------------------- inputs
@@ -93,6 +108,8 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
         )
 
     def _build_sample_fn(self, params, input_context=None):
+        """The training image sampler. Reads class statistics of the training data, so it runs
+        only in `build_inputs` of a training stream, never when the task is built."""
         spec = getattr(params, "sampling", None)
         if not params.is_training or spec is None or spec.type == "none":
             return None
