@@ -169,10 +169,10 @@ def _batch(source_ids, gt_boxes, gt_classes, det_boxes, det_classes, det_scores,
 
 
 def test_model_garden_evaluator_adds_per_class_metrics_by_name():
-    from tfmaskrcnn.evaluation.evaluator import PerClassCOCOEvaluator
+    from tfmaskrcnn.evaluation.model_garden import ModelGardenEvaluator
 
     circle, square, triangle = 1, 2, 3
-    evaluator = PerClassCOCOEvaluator(None, include_mask=True, label_map=["circle", "square", "triangle", "star"])
+    evaluator = ModelGardenEvaluator(None, include_mask=True, label_map=["circle", "square", "triangle", "star"])
     # Circles and the triangle are found; both squares are called triangles (with lower scores).
     evaluator.update_state(
         *_batch(

@@ -16,7 +16,9 @@ import os
 import sys
 from typing import Any, Callable
 
+from tfmaskrcnn.evaluation.collapse import Alarm
 from tfmaskrcnn.evaluation.evaluate import evaluate
+from tfmaskrcnn.evaluation.per_class import DEFAULT_ENGINE, ENGINES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=2,
         help="example images per class in report.html (default 2, 0 for none)",
     )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=DEFAULT_ENGINE,
+        help="COCOeval implementation: pycocotools (the reference, default) or faster-coco-eval "
+        "(same numbers, several times faster; pip install 'tfmaskrcnn[fast]')",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -125,7 +134,7 @@ def main(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
             )
             source = args.model_dir or args.saved_model
-        evaluate(
+        metrics = evaluate(
             coco_gt,
             detections,
             label_map=label_map,
@@ -138,9 +147,11 @@ def main(args: argparse.Namespace) -> int:
             images_per_class=args.images_per_class,
             source=source,
             progress=not args.quiet,
+            engine=args.engine,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"tfmaskrcnn eval: error: {e}", file=sys.stderr)
         return 2
+    print(Alarm(metrics["alarm"]["verdict"], tuple(metrics["alarm"]["reasons"])))
     print(f"report written to {os.path.join(args.output, 'report.html')}")
     return 0

@@ -106,6 +106,25 @@ def per_class_metrics(
     }
 
 
+PYCOCOTOOLS, FASTER_COCO_EVAL = "pycocotools", "faster-coco-eval"
+ENGINES = (PYCOCOTOOLS, FASTER_COCO_EVAL)
+DEFAULT_ENGINE = PYCOCOTOOLS
+
+
+def check_engine(engine: str) -> None:
+    """Fails with the fix when `engine` is unknown or not installed."""
+    if engine not in ENGINES:
+        raise ValueError(f"COCOeval engine {engine!r}: use one of {', '.join(ENGINES)}")
+    if engine == FASTER_COCO_EVAL:
+        try:
+            import faster_coco_eval  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "COCOeval engine faster-coco-eval is not installed: pip install 'tfmaskrcnn[fast]' "
+                "(or faster-coco-eval), or use the engine pycocotools"
+            ) from None
+
+
 def run_coco_eval(
     coco_gt: Any,
     coco_dt: Any,
@@ -113,19 +132,39 @@ def run_coco_eval(
     image_ids: Sequence[int] | None = None,
     max_dets: int = 100,
     verbose: bool = False,
+    engine: str = DEFAULT_ENGINE,
 ) -> tuple[Any, str]:
     """Runs COCOeval evaluate + accumulate + summarize once over all classes.
 
-    pycocotools prints progress and the summary table; that text is captured and
-    returned (and printed only when `verbose`), so callers keep it for reports.
+    coco_gt, coco_dt: pycocotools COCO objects (coco_dt from `coco_gt.loadRes`). engine:
+    "pycocotools" (the reference) or "faster-coco-eval" (its C++ COCOeval_faster, fed the same
+    ground truth and the same loaded results, so areas, ids and crowd flags are identical).
+    Either way the returned object has pycocotools' `params`, `eval['precision']`,
+    `eval['recall']` and `stats`. The engines print progress and the summary table; that
+    text is captured and returned (and printed only when `verbose`), so callers keep it for reports.
     """
-    from pycocotools.cocoeval import COCOeval
+    check_engine(engine)
+    captured = io.StringIO()
+    if engine == FASTER_COCO_EVAL:
+        from faster_coco_eval import COCO as FasterCOCO
+        from faster_coco_eval import COCOeval_faster
 
-    coco_eval = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+        def say(*args: Any) -> None:
+            print(*args, file=captured)
+
+        coco_eval = COCOeval_faster(
+            FasterCOCO(coco_gt.dataset, print_function=say),
+            FasterCOCO(coco_dt.dataset, print_function=say),
+            iouType=iou_type,
+            print_function=say,
+        )
+    else:
+        from pycocotools.cocoeval import COCOeval
+
+        coco_eval = COCOeval(coco_gt, coco_dt, iouType=iou_type)
     if image_ids is not None:
         coco_eval.params.imgIds = sorted(set(int(i) for i in image_ids))
     coco_eval.params.maxDets = [1, 10, max_dets]
-    captured = io.StringIO()
     with contextlib.redirect_stdout(captured):
         coco_eval.evaluate()
         coco_eval.accumulate()

@@ -364,3 +364,79 @@ def render_html(
                 )
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- the whole report
+
+
+def add_comparison(metrics: dict, compare_dir: str) -> dict:
+    """Adds `compare` (numbers of an earlier run's metrics.json and per-class deltas) to `metrics`."""
+    other = load_other_metrics(compare_dir)
+    metrics["compare"] = {
+        "other": os.path.abspath(compare_dir),
+        "overall": compare_overall(metrics["overall"], other),
+        "per_class": compare_rows(list(metrics["per_class"].values()), other),
+    }
+    return metrics["compare"]
+
+
+def example_images(
+    coco_gt: Any,
+    detections: Sequence[dict],
+    names: dict,
+    result: Any,
+    image_loader: Any,
+    score_threshold: float,
+    images_per_class: int,
+    progress: bool = False,
+) -> dict[str, list[bytes]]:
+    """A few images per class, those with the most missed or misclassified objects of the class first.
+
+    result: the `confusion.Confusion` of the evaluation; names: {category id: class name}.
+    """
+    from tqdm import tqdm
+
+    chosen: dict[str, list[int]] = {}
+    for k, category_id in enumerate(result.category_ids):
+        worst = sorted(result.errors_per_image(k).items(), key=lambda item: (-item[1], item[0]))
+        ids = [i for i, _ in worst] + sorted(coco_gt.catToImgs.get(category_id, []))
+        chosen[names[category_id]] = list(dict.fromkeys(ids))[:images_per_class]
+    wanted = sorted({i for ids in chosen.values() for i in ids})
+    if not wanted:
+        return {}
+    images = image_loader(wanted)
+    dets_by_image: dict[int, list[dict]] = {}
+    for det in detections:
+        if det["score"] >= score_threshold:
+            dets_by_image.setdefault(int(det["image_id"]), []).append(det)
+    drawn = {}
+    for image_id in tqdm(wanted, desc="drawing examples", disable=not progress):
+        if image_id not in images:
+            continue
+        gt = [
+            dict(a, segmentation=coco_gt.annToRLE(a)) if a.get("segmentation") else a
+            for a in coco_gt.imgToAnns.get(image_id, [])
+        ]
+        drawn[image_id] = side_by_side_jpeg(images[image_id], gt, dets_by_image.get(image_id, []), names)
+    return {name: [drawn[i] for i in ids if i in drawn] for name, ids in chosen.items()}
+
+
+def write_report(output_dir: str, metrics: dict, samples: dict[str, list[bytes]] | None = None) -> None:
+    """metrics.json, per_class.csv, confusion_matrix.png, per_class_ap.png and report.html.
+
+    metrics: `DetectionEvaluator.result()`, with `compare` when `add_comparison` ran.
+    samples: {class name: [JPEG bytes]} from `example_images`, shown per class in report.html.
+    """
+    rows = list(metrics["per_class"].values())
+    compare = metrics.get("compare")
+    write_json(os.path.join(output_dir, "metrics.json"), metrics)
+    csv_rows, columns = rows_with_comparison(rows, compare["per_class"]) if compare else (rows, CSV_COLUMNS)
+    write_csv(os.path.join(output_dir, "per_class.csv"), csv_rows, columns)
+    confusion_image = confusion_png(np.asarray(metrics["confusion"]["matrix"]), metrics["confusion"]["labels"])
+    ap_image = per_class_ap_png(rows)
+    write_atomic(os.path.join(output_dir, "confusion_matrix.png"), confusion_image)
+    write_atomic(os.path.join(output_dir, "per_class_ap.png"), ap_image)
+    write_atomic(
+        os.path.join(output_dir, "report.html"),
+        render_html(metrics, confusion_image, ap_image, samples or {}, compare),
+    )

@@ -11,11 +11,14 @@ Export verification compares the two; evaluation and prediction turn either into
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
 from tfmaskrcnn.data.label_map import LABEL_MAP_FILENAME, LabelMap
+
+# COCO results and mask pasting live in evaluation (the training-time evaluator uses them too).
+from tfmaskrcnn.evaluation.masks import encode_rle, full_masks, to_coco_results  # noqa: F401
 
 Detector = Callable[[np.ndarray], dict]
 
@@ -195,56 +198,6 @@ def latest_checkpoint(model_dir: str) -> str:
     if not path:
         raise FileNotFoundError(f"{model_dir}: no checkpoint (ckpt-N.index); train first or pass --checkpoint_path")
     return path
-
-
-def encode_rle(binary_mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(binary_mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode()
-    return rle
-
-
-def full_masks(detections: dict, height: int, width: int, threshold: float = 0.5) -> np.ndarray:
-    """[n, height, width] uint8 0/1 masks of a detector's output (pasted like the export does)."""
-    from tfmaskrcnn.serving.export_module import paste_masks
-
-    if len(detections["scores"]) == 0:
-        return np.zeros((0, height, width), np.uint8)
-    pasted = paste_masks(detections["masks"], detections["boxes"], height, width).numpy()
-    return (pasted >= threshold).astype(np.uint8)
-
-
-def to_coco_results(
-    detections: dict,
-    image_id: int,
-    height: int,
-    width: int,
-    category_ids: Sequence[int],
-    score_threshold: float = 0.0,
-    names: Optional[Sequence[str]] = None,
-    extra: Optional[dict] = None,
-) -> list[dict]:
-    """COCO results of one image. category_ids[c - 1] is the category id of class c."""
-    keep = np.flatnonzero(detections["scores"] >= score_threshold)
-    kept = {k: np.asarray(detections[k])[keep] for k in ("boxes", "scores", "classes", "masks")}
-    masks = full_masks(kept, height, width)
-    results = []
-    for i in range(len(keep)):
-        ymin, xmin, ymax, xmax = (float(v) for v in kept["boxes"][i])
-        class_id = int(kept["classes"][i])
-        result = dict(extra or {})
-        result.update(
-            image_id=int(image_id),
-            category_id=int(category_ids[class_id - 1]),
-            bbox=[round(xmin, 2), round(ymin, 2), round(xmax - xmin, 2), round(ymax - ymin, 2)],
-            score=round(float(kept["scores"][i]), 5),
-            segmentation=encode_rle(masks[i]),
-        )
-        if names is not None:
-            result["category_name"] = names[class_id - 1]
-        results.append(result)
-    return results
 
 
 def _records(pattern: str) -> Iterable[tuple[str, int, dict]]:

@@ -25,6 +25,7 @@ import tensorflow as tf
 from official.vision.serving import detection
 
 from tfmaskrcnn.data.label_map import LabelMap
+from tfmaskrcnn.evaluation.masks import paste_masks  # noqa: F401  (the one pasting; public here too)
 
 INPUT_TYPES = ("image_tensor", "image_bytes", "tf_example")
 DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
@@ -41,43 +42,6 @@ def boxes_to_original(boxes: tf.Tensor, image_info: tf.Tensor) -> tf.Tensor:
     original = (boxes + offset) / scale
     size = tf.tile(image_info[:, 0:1, :], [1, 1, 2])
     return tf.minimum(tf.maximum(original, 0.0), size)
-
-
-def paste_masks(masks: tf.Tensor, boxes: tf.Tensor, height, width) -> tf.Tensor:
-    """Pastes box-relative masks [N, m, m] into an image canvas: [N, height, width] float.
-
-    boxes: [N, 4] ymin, xmin, ymax, xmax in canvas pixels. Each mask cell is taken to cover
-    1/m of its box and is sampled bilinearly at pixel centres; the mask is zero-padded by one
-    cell first (as Detectron and Model Garden's evaluator do) so that the edge fades out
-    instead of smearing the border value over the whole canvas.
-    """
-    masks = tf.convert_to_tensor(masks, tf.float32)
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
-    mask_h, mask_w = masks.shape[1], masks.shape[2]
-    padded = tf.pad(masks, [[0, 0], [1, 1], [1, 1]])[..., tf.newaxis]
-    ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
-    box_h = tf.maximum(ymax - ymin, 1e-3)
-    box_w = tf.maximum(xmax - xmin, 1e-3)
-    height_f = tf.cast(height, tf.float32)
-    width_f = tf.cast(width, tf.float32)
-    # Padded-mask coordinate of the centres of the first and the last canvas row/column.
-    y_first = (0.5 - ymin) * mask_h / box_h + 0.5
-    y_last = (height_f - 0.5 - ymin) * mask_h / box_h + 0.5
-    x_first = (0.5 - xmin) * mask_w / box_w + 0.5
-    x_last = (width_f - 0.5 - xmin) * mask_w / box_w + 0.5
-    # crop_and_resize wants coordinates normalized by (size - 1) of the padded mask.
-    crop_boxes = tf.stack(
-        [y_first / (mask_h + 1), x_first / (mask_w + 1), y_last / (mask_h + 1), x_last / (mask_w + 1)], axis=-1
-    )
-    pasted = tf.image.crop_and_resize(
-        padded,
-        crop_boxes,
-        tf.range(tf.shape(masks)[0]),
-        tf.stack([height, width]),
-        method="bilinear",
-        extrapolation_value=0.0,
-    )
-    return pasted[..., 0]
 
 
 class TfMaskRCNNDetectionModule(detection.DetectionModule):

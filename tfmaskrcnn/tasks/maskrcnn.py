@@ -9,7 +9,8 @@ What it changes, and nothing else:
 - the box head's classification loss is the weighted loss of `tfmaskrcnn.losses.classification`
   (identical to Model Garden's with all weights 1);
 - collapse signals are logged while training;
-- evaluation adds exact per-class COCO AP keyed by class name.
+- evaluation runs the evaluator of `tfmaskrcnn eval` (per-class COCO AP keyed by class name,
+  precision/recall per class and the collapse alarm; `tfmaskrcnn.evaluation.model_garden`).
 """
 
 from __future__ import annotations
@@ -193,12 +194,17 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
 
     # ------------------------------------------------------------ evaluation
     def _build_coco_metrics(self):
-        """Model Garden's COCO evaluator set-up, then our per-class subclass in its place."""
-        from tfmaskrcnn.evaluation.evaluator import PerClassCOCOEvaluator  # pylint: disable=g-import-not-at-top
+        """Model Garden's set-up (it writes annotation.json into model_dir when masks are evaluated
+        without task.annotation_file), then the one evaluator of `tfmaskrcnn eval` in its place:
+        per-class AP, confusion-based precision/recall and the collapse alarm reach TensorBoard."""
+        from tfmaskrcnn.evaluation.model_garden import ModelGardenEvaluator  # pylint: disable=g-import-not-at-top
 
         super()._build_coco_metrics()
-        self.coco_metric = PerClassCOCOEvaluator(
-            annotation_file=self.coco_metric._annotation_file,  # pylint: disable=protected-access
+        stock = self.coco_metric
+        self.coco_metric = ModelGardenEvaluator(
+            annotation_file=stock._annotation_file,  # pylint: disable=protected-access
             include_mask=self.task_config.model.include_mask,
+            coco_gt=getattr(stock, "_coco_gt", None),  # already loaded by the stock evaluator
             label_map=self.label_map,
+            max_num_eval_detections=stock.max_num_eval_detections,
         )
