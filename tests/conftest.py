@@ -1,8 +1,12 @@
-"""Shared pytest fixtures.
+"""Shared pytest fixtures, and the CI rule on skips.
 
 Real-photo tests reach the COCO-2017 subset through `coco_tiny_dir`; set
 TFMASKRCNN_COCO_TINY to point elsewhere. Tests that need it are skipped with a
-clear reason when it is absent, so the suite stays runnable on a bare checkout.
+clear reason when it is absent, so the suite stays runnable on a bare checkout;
+under CI=true its absence fails those tests instead.
+
+Under CI=true the session also fails when any test is skipped for a reason that is not
+in ALLOWED_SKIP_REASONS: a silent skip there is a test that did not run.
 """
 
 from __future__ import annotations
@@ -16,12 +20,65 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_COCO_TINY = REPO_ROOT.parent / "shared" / "data" / "coco_tiny"
 
 
+# Skips that are expected in the main environment, by the start of their reason.
+ALLOWED_SKIP_REASONS = (
+    # imgaug imports only with numpy < 2: ci/imgaug_env.sh runs these in their own env.
+    "imgaug not importable here",
+    # The message shown without imgaug, checked where imgaug is missing.
+    "imgaug is importable here",
+)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI") == "true"
+
+
 @pytest.fixture(scope="session")
 def coco_tiny_dir() -> pathlib.Path:
     path = pathlib.Path(os.environ.get("TFMASKRCNN_COCO_TINY", DEFAULT_COCO_TINY))
     if not (path / "annotations" / "instances_train2017.json").exists():
-        pytest.skip(f"COCO tiny subset not found at {path}; set TFMASKRCNN_COCO_TINY")
+        message = f"COCO tiny subset not found at {path}; set TFMASKRCNN_COCO_TINY to its folder"
+        if _in_ci():
+            pytest.fail(f"{message} (CI=true: real-photo tests must run in CI)", pytrace=False)
+        pytest.skip(message)
     return path
+
+
+_unexpected_skips: list = []
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple):  # (path, line, "Skipped: reason")
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def _note_skip(report) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = _skip_reason(report)
+        if not reason.startswith(ALLOWED_SKIP_REASONS):
+            _unexpected_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_runtest_logreport(report):
+    _note_skip(report)
+
+
+def pytest_collectreport(report):
+    _note_skip(report)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _in_ci() and _unexpected_skips and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _in_ci() and _unexpected_skips:
+        terminalreporter.section("skipped under CI=true (not in ALLOWED_SKIP_REASONS of tests/conftest.py)", red=True)
+        for line in _unexpected_skips:
+            terminalreporter.line(line)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -84,9 +83,7 @@ def test_class_swap_lands_in_its_cell_on_real_ground_truth(val_gt, iou_type):
         class_swaps={ids["dog"]: ids["cat"]},
         with_masks=iou_type == "segm",
     )
-    start = time.perf_counter()
     result = detection_confusion(val_gt, detections, iou_type=iou_type)
-    elapsed = time.perf_counter() - start
     order = list(result.category_ids)
     dog, cat = order.index(ids["dog"]), order.index(ids["cat"])
     dogs = int(result.gt_instances[dog])
@@ -100,7 +97,6 @@ def test_class_swap_lands_in_its_cell_on_real_ground_truth(val_gt, iou_type):
     assert off_diagonal.sum() == 0
     _, recall, _ = precision_recall_f1(result.matrix)
     assert recall[dog] == 0 and recall[cat] == 1
-    assert elapsed < 5, f"confusion matrix took {elapsed:.1f}s on 80 images"
 
 
 def test_unknown_detection_class_is_a_clear_error():

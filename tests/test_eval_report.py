@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 
@@ -156,10 +155,6 @@ def test_command_line_errors_name_the_problem(small_val, tmp_path, capsys):
     assert code == 2
     error = capsys.readouterr().err
     assert "results.json" in error and "detection #0" in error and "bbox" in error
-
-    if importlib.util.find_spec("tfmaskrcnn.serving.detector") is None:
-        code = cli.main(["eval", "--model_dir", str(tmp_path), "--data", str(gt_path), "--output", str(tmp_path / "o")])
-        assert code == 2 and "not available yet" in capsys.readouterr().err
 
 
 def _example(image_id, height, width, boxes, classes, masks):

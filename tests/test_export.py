@@ -206,6 +206,42 @@ def test_compare_detections_reports_the_difference():
     assert compare_detections(tied, swapped, "img")["box"] == 0.0
 
 
+def test_boxes_to_original_on_hand_computed_image_info():
+    # The detector's and the export's boxes both go through boxes_to_original, so comparing
+    # them cannot catch a wrong formula; these cases are worked out by hand from Model
+    # Garden's image_info rows [original size, resized size, scale (y, x), offset (y, x)],
+    # where the resize maps a pixel x to x * scale - offset.
+    from tfmaskrcnn.serving.export_module import boxes_to_original
+
+    image_info = np.array(
+        [
+            [[480, 640], [96, 128], [0.2, 0.2], [0, 0]],  # a 640x480 photo shrunk 5x
+            [[100, 200], [150, 300], [1.5, 1.5], [30, 60]],  # scale jitter 1.5, crop at (30, 60)
+            [[100, 200], [50, 50], [0.5, 0.25], [0, 0]],  # different y and x scales
+        ],
+        np.float32,
+    )
+    boxes = np.array(
+        [
+            [[10, 20, 50, 100], [0, 0, 96, 128]],
+            [[0, 0, 90, 300], [-45, -90, 45, 90]],
+            [[10, 10, 20, 20], [0, 0, 50, 50]],
+        ],
+        np.float32,
+    )  # ymin, xmin, ymax, xmax in model-input pixels
+    expected = np.array(
+        [
+            [[50, 100, 250, 500], [0, 0, 480, 640]],
+            # (0+30)/1.5=20, (0+60)/1.5=40, (90+30)/1.5=80, (300+60)/1.5=240 -> clipped to width 200
+            [[20, 40, 80, 200], [0, 0, 50, 100]],  # (-45+30)/1.5=-10 and (-90+60)/1.5=-20 -> clipped to 0
+            [[20, 40, 40, 80], [0, 0, 100, 200]],
+        ],
+        np.float32,
+    )
+    got = boxes_to_original(boxes, image_info).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
 def test_paste_masks_fills_the_box_in_canvas_pixels():
     from tfmaskrcnn.serving.export_module import paste_masks
 
