@@ -6,7 +6,9 @@
 Flags are Model Garden's: --experiment --mode --model_dir --config_file --params_override.
 
 The config is resolved against the data (label map, num_classes, class weights, sampling
-threshold) before `params.yaml` is written, so the model dir records exactly what ran.
+threshold, validation num_examples) here, once, before `params.yaml` is written, so the model
+dir records exactly what ran; the task, export and inference only check the resolved config
+(`config_resolution.check_resolved`) and never read the training data.
 Re-running on the same model dir resumes from its last checkpoint (Model Garden's trainer
 restores it).
 """
@@ -34,6 +36,8 @@ def run(params, model_dir: str, mode: str, post_eval: bool = False):
     post_eval: evaluate once more after training and return the metrics (for `train`
     mode; `train_and_eval` already evaluates at the end of training).
     """
+    # The one place that reads the training data to fill in the config; the task built
+    # below only checks it.
     label_map = experiment.resolve_config(params.task)
     if "train" in mode:
         # Pure eval modes write no yaml, so a continuous eval job cannot race the trainer.
