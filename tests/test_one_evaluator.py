@@ -194,6 +194,9 @@ def test_collapse_reaches_the_training_logs(shapes_val):
     logs = evaluator.result()
     assert logs["collapse_alarm"] == 2.0 and logs["predicted_share/circle"] == 1.0
     assert logs["recall/square"] == 0.0
+    from tfmaskrcnn.evaluation.summary import format_eval_logs
+
+    assert "collapse alarm COLLAPSE" in format_eval_logs(logs)
     assert evaluator.result is not None and not evaluator._evaluator.detections, "result() resets the state"
 
 

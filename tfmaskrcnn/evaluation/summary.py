@@ -28,13 +28,18 @@ def format_eval_logs(logs: Mapping[str, Any]) -> str:
         f"  mask AP {_fmt(_value(logs, 'mask_AP'))}   AP50 {_fmt(_value(logs, 'mask_AP50'))}"
         f"   AP75 {_fmt(_value(logs, 'mask_AP75'))}",
     ]
+    alarm = _value(logs, "collapse_alarm")
+    if alarm is not None:
+        verdict = {0: "OK", 1: "WARNING", 2: "COLLAPSE"}.get(int(round(alarm)), str(alarm))
+        lines.append(f"  collapse alarm {verdict}  (tfmaskrcnn eval --model_dir ... says why)")
     names = sorted({key.split("/", 1)[1] for key in logs if key.startswith("bbox_AP/")})
     if names:
-        lines += ["", f"  {'class':<20} {'box AP':>7} {'mask AP':>8} {'mask AP50':>10}"]
+        lines += ["", f"  {'class':<20} {'box AP':>7} {'mask AP':>8} {'mask AP50':>10} {'pred share':>10}"]
         for name in names:
             lines.append(
                 f"  {name:<20} {_fmt(_value(logs, 'bbox_AP/' + name)):>7} "
                 f"{_fmt(_value(logs, 'mask_AP/' + name)):>8} "
-                f"{_fmt(_value(logs, 'mask_AP50/' + name)):>10}"
+                f"{_fmt(_value(logs, 'mask_AP50/' + name)):>10} "
+                f"{_fmt(_value(logs, 'predicted_share/' + name)):>10}"
             )
     return "\n".join(lines)
