@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test test-fast test-imgaug setup clean
+.PHONY: demo test test-fast test-imgaug lint setup clean
 
 setup: $(VENV)/.installed
 
@@ -19,16 +19,23 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: setup
 	$(PY) tools/demo.py --output $(DEMO_DIR)
 
-test: setup
-	$(PY) -m pytest -q
+test: setup lint
+	$(PY) -m pytest -q -rs
 	$(MAKE) test-imgaug
+
+# One code style (ruff format + lint) and the package layers (import-linter contract in
+# pyproject.toml; docs/architecture.md draws them).
+lint: setup
+	$(VENV)/bin/ruff format --check tfmaskrcnn tests tools benchmarks export
+	$(VENV)/bin/ruff check tfmaskrcnn tests tools benchmarks export
+	$(VENV)/bin/lint-imports
 
 # The imgaug adapter needs numpy<2, so it is tested for real in a second environment.
 test-imgaug:
 	bash ci/imgaug_env.sh
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -rs -m "not slow"
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,13 +1,24 @@
 #!/usr/bin/env python
-"""Per-class mask AP on imbalanced shapes: stock vs class weights vs sampling vs both (vs augmentation).
+"""Per-class mask AP on imbalanced shapes, against a model trained on balanced data of the same size.
 
-  python benchmarks/class_balance_experiment.py --output bench_out/balance --steps 500 --seeds 0 1 2
+  python benchmarks/class_balance_experiment.py --mix five --steps 800 --seeds 0 1 2 \
+      --settings reference stock both sampling
 
-Makes the shapes dataset with --class-ratios 0.9,0.07,0.03 (balanced validation split),
-converts it, then trains the tiny CPU recipe once per (setting, seed), each in a fresh
-process with every seed fixed, and writes a table of per-class mask AP (mean and spread
-over seeds) to OUTPUT/summary.md (the one in docs/class_balance.md came from this).
-A run whose result file exists is not repeated, so the script can be resumed.
+Makes the shapes dataset with the mix's training class shares (the validation split is
+balanced and the same images for every mix), converts it, then trains the tiny CPU recipe
+once per (setting, seed), each in a fresh process with every seed fixed. The `reference`
+setting trains stock settings on a *balanced* training set of the same size from the same
+generator: the goal is every minority class at >= 0.85x the reference's mask AP.
+
+Every run is judged at the operating point too, not only by AP: after training, the model
+runs on the validation split and, per class, the share of confident detections (score >=
+0.5) is set against the class's share of the ground truth (`over` is the largest ratio of
+the two over the classes: 1 is fair, 2 means a class gets twice the detections it should),
+and the collapse alarm gives its verdict.
+
+Per-run results are small JSON files kept in the repository (benchmarks/results/...) so the
+table can be extended over several sessions; model dirs and data go under --output. A run
+whose result file exists is not repeated. The table goes to stdout and RESULTS/summary.md.
 """
 
 import argparse
@@ -18,21 +29,32 @@ import sys
 
 import numpy as np
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIDENT = 0.5  # the operating point: detections a user would keep
+
+BOTH = {
+    "task": {
+        "class_balance": {"weighting": {"scheme": "sqrt_inverse"}},
+        "train_data": {"sampling": {"type": "repeat_factor"}},
+    }
+}
 SETTINGS = {
+    "reference": {},  # stock settings on the balanced training set (see _mix_for)
     "stock": {},
     "weights": {"task": {"class_balance": {"weighting": {"scheme": "sqrt_inverse"}}}},
     "sampling": {"task": {"train_data": {"sampling": {"type": "repeat_factor"}}}},
-    "both": {
-        "task": {
-            "class_balance": {"weighting": {"scheme": "sqrt_inverse"}},
-            "train_data": {"sampling": {"type": "repeat_factor"}},
-        }
-    },
+    "both": BOTH,  # the recipe shipped so far: sqrt-inverse weights + repeat-factor sampling
     "weights_inverse": {"task": {"class_balance": {"weighting": {"scheme": "inverse", "max_ratio": 10.0}}}},
     "augment_standard": {"task": {"train_data": {"parser": {"augmentation": {"preset": "standard"}}}}},
     "augment_light": {"task": {"train_data": {"parser": {"augmentation": {"preset": "light"}}}}},
 }
-RATIOS = (0.9, 0.07, 0.03)
+# Training class shares; the first class is the majority. `five` resembles the mixes users
+# report: one dominant class and minorities with 3-5% of the instances.
+MIXES = {
+    "three": (0.9, 0.07, 0.03),
+    "five": (0.80, 0.08, 0.05, 0.04, 0.03),
+}
+NUM_TRAIN, NUM_VAL = 400, 100
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -42,23 +64,67 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def make_data(root: str) -> dict:
+def _shares_for(mix: str, setting: str) -> tuple:
+    shares = MIXES[mix]
+    return tuple([1.0] * len(shares)) if setting == "reference" else shares
+
+
+def make_data(root: str, shares: tuple) -> dict:
+    """Shapes data with these training shares under root/<shares>/; the val split is balanced."""
     from tfmaskrcnn.data import convert  # pylint: disable=g-import-not-at-top
     from tfmaskrcnn.data.shapes import generator as shapes  # pylint: disable=g-import-not-at-top
 
-    records = {split: os.path.join(root, "records", split) for split in ("train", "val")}
+    data_dir = os.path.join(root, "data_" + "_".join(f"{s:g}" for s in shares))
+    records = {split: os.path.join(data_dir, "records", split) for split in ("train", "val")}
     if not os.path.exists(os.path.join(records["val"], "label_map.json")):
         shapes.generate_shapes_dataset(
-            os.path.join(root, "shapes"), num_train=400, num_val=100, class_ratios=RATIOS, seed=0
+            os.path.join(data_dir, "shapes"),
+            num_train=NUM_TRAIN,
+            num_val=NUM_VAL,
+            class_ratios=shares,
+            seed=0,
+            progress=False,
         )
         for split in ("train", "val"):
             convert.convert_coco(
-                os.path.join(root, "shapes", "annotations", f"instances_{split}.json"),
-                os.path.join(root, "shapes", split),
+                os.path.join(data_dir, "shapes", "annotations", f"instances_{split}.json"),
+                os.path.join(data_dir, "shapes", split),
                 records[split],
                 num_shards=2,
+                progress=False,
             )
     return {split: os.path.join(path, "*.tfrecord") for split, path in records.items()}
+
+
+def operating_point(model_dir: str, val_records: str) -> dict:
+    """Per-class detection share at score >= CONFIDENT vs ground-truth share, and the alarm."""
+    from tfmaskrcnn.data.label_map import LabelMap, find_label_map  # pylint: disable=g-import-not-at-top
+    from tfmaskrcnn.evaluation import groundtruth  # pylint: disable=g-import-not-at-top
+    from tfmaskrcnn.evaluation.evaluate import evaluate  # pylint: disable=g-import-not-at-top
+    from tfmaskrcnn.serving import detector  # pylint: disable=g-import-not-at-top
+
+    label_map = LabelMap.load(find_label_map(val_records))
+    coco_gt = groundtruth.coco_from_tfrecords(val_records, label_map, progress=False)
+    detections = detector.detections_from_model(
+        model_dir=model_dir, data=val_records, label_map=label_map, progress=False
+    )
+    metrics = evaluate(coco_gt, detections, label_map=label_map, score_threshold=CONFIDENT, progress=False)
+    rows = metrics["per_class"]
+    gt_total = sum(r["gt_instances"] for r in rows.values()) or 1
+    det_total = sum(r["predicted"] for r in rows.values())
+    result = {"alarm": metrics["alarm"]["verdict"], "confident_detections": det_total}
+    for name, row in rows.items():
+        gt_share = row["gt_instances"] / gt_total
+        det_share = row["predicted"] / det_total if det_total else 0.0
+        result[f"eval_mask_AP/{name}"] = row.get("mask_AP")
+        result[f"det_share/{name}"] = det_share
+        result[f"gt_share/{name}"] = gt_share
+        result[f"recall/{name}"] = row.get("recall")
+        result[f"precision/{name}"] = row.get("precision")
+    ratios = [result[f"det_share/{n}"] / result[f"gt_share/{n}"] for n in rows if result[f"gt_share/{n}"] > 0]
+    result["over"] = max(ratios) if ratios else float("nan")
+    result["eval_mask_AP"] = metrics["overall"].get("segm", {}).get("AP")
+    return result
 
 
 def run_one(args) -> None:
@@ -72,7 +138,7 @@ def run_one(args) -> None:
 
     tf_keras.utils.set_random_seed(args.seed)
     tf.random.set_seed(args.seed)
-    records = make_data(args.output)
+    records = make_data(args.output, _shares_for(args.mix, args.setting))
     params = exp_factory.get_exp_config("tfmaskrcnn_shapes_cpu")
     steps = args.steps
     params.override(
@@ -93,71 +159,119 @@ def run_one(args) -> None:
         ),
         is_strict=True,
     )
-    model_dir = os.path.join(args.output, "runs", f"{args.setting}_seed{args.seed}")
+    model_dir = os.path.join(args.output, f"{args.mix}_{steps}", "runs", f"{args.setting}_seed{args.seed}")
     _, logs = train.run(params, model_dir, "train", post_eval=True)
     result = {k: float(v) for k, v in logs.items() if np.ndim(v) == 0}
     result["class_weights"] = params.task.class_balance.weighting.weights
     result["sampling_threshold"] = params.task.train_data.sampling.threshold
-    with open(_result_path(args.output, args.setting, args.seed) + ".tmp", "w") as f:
+    result.update(operating_point(model_dir, records["val"]))
+    path = _result_path(args.results, args.setting, args.seed)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
-    os.replace(
-        _result_path(args.output, args.setting, args.seed) + ".tmp", _result_path(args.output, args.setting, args.seed)
-    )
+    os.replace(path + ".tmp", path)
 
 
-def _result_path(output: str, setting: str, seed: int) -> str:
-    return os.path.join(output, "results", f"{setting}_seed{seed}.json")
+def _result_path(results: str, setting: str, seed: int) -> str:
+    return os.path.join(results, f"{setting}_seed{seed}.json")
 
 
-def summarize(output: str, settings, seeds, steps: int) -> str:
-    classes = ("square", "circle", "triangle")
+def _load(results: str, setting: str, seeds) -> list:
+    loaded = []
+    for seed in seeds:
+        path = _result_path(results, setting, seed)
+        if os.path.exists(path):
+            with open(path) as f:
+                loaded.append(json.load(f))
+    return loaded
+
+
+def _mean_sd(values) -> str:
+    values = np.array([np.nan if v is None else v for v in values], float)
+    return f"{np.nanmean(values):.3f} ± {np.nanstd(values):.3f}" if np.isfinite(values).any() else "-"
+
+
+def summarize(results: str, mix: str, settings, seeds, steps: int) -> str:
+    from tfmaskrcnn.data.shapes.draw import SHAPE_NAMES  # pylint: disable=g-import-not-at-top
+
+    shares = MIXES[mix]
+    classes = SHAPE_NAMES[: len(shares)]
+    header_classes = [f"{c} ({s:.0%})" for c, s in zip(classes, shares)]
+    reference = _load(results, "reference", seeds)
+    ref_mean = {c: np.mean([r[f"mask_AP/{c}"] for r in reference]) for c in classes} if reference else {}
     lines = [
-        f"Imbalanced shapes (train instance shares {RATIOS}, 400 images; balanced val, "
-        f"100 images), `tfmaskrcnn_shapes_cpu`, {steps} steps, seeds {list(seeds)}.",
-        "Mask AP per class, mean ± standard deviation over seeds (n per row).",
+        f"Shapes, training class shares {shares} ({NUM_TRAIN} images; `reference`: balanced, same size), "
+        f"balanced validation ({NUM_VAL} images); `tfmaskrcnn_shapes_cpu`, {steps} steps; seeds {list(seeds)}.",
         "",
-        "| setting | n | " + " | ".join(classes) + " | all (mask AP) | box AP |",
+        "Mask AP per class, mean ± sd over seeds (n per row):",
+        "",
+        "| setting | n | " + " | ".join(header_classes) + " | mask AP | box AP |",
         "|---|---:|" + "---:|" * (len(classes) + 2),
     ]
+    ratio_lines = [
+        "",
+        "Ratio of the mean per-class mask AP to the reference's (goal: >= 0.85 for every minority class):",
+        "",
+        "| setting | " + " | ".join(header_classes) + " | lowest minority ratio |",
+        "|---|" + "---:|" * (len(classes) + 1),
+    ]
+    op_lines = [
+        "",
+        f"Operating point (score >= {CONFIDENT}) on the balanced validation split: per class, share of "
+        "confident detections (the ground-truth share is about 1/K); `over`: largest detection / "
+        "ground-truth share ratio per run (mean, max); alarm verdicts:",
+        "",
+        "| setting | " + " | ".join(classes) + " | over (mean, max) | alarm |",
+        "|---|" + "---:|" * (len(classes) + 1) + "---|",
+    ]
     for setting in settings:
-        results = []
-        for seed in seeds:
-            path = _result_path(output, setting, seed)
-            if os.path.exists(path):
-                with open(path) as f:
-                    results.append(json.load(f))
-        if not results:
+        runs = _load(results, setting, seeds)
+        if not runs:
             continue
-
-        def cell(key):
-            values = np.array([r.get(key, np.nan) for r in results])
-            return f"{values.mean():.3f} ± {values.std():.3f}"
-
         lines.append(
-            f"| {setting} | {len(results)} | "
-            + " | ".join(cell(f"mask_AP/{c}") for c in classes)
-            + f" | {cell('mask_AP')} | {cell('AP')} |"
+            f"| {setting} | {len(runs)} | "
+            + " | ".join(_mean_sd([r.get(f"mask_AP/{c}") for r in runs]) for c in classes)
+            + f" | {_mean_sd([r.get('mask_AP') for r in runs])} | {_mean_sd([r.get('AP') for r in runs])} |"
         )
-    return "\n".join(lines) + "\n"
+        if ref_mean:
+            ratios = [np.mean([r[f"mask_AP/{c}"] for r in runs]) / max(ref_mean[c], 1e-9) for c in classes]
+            ratio_lines.append(
+                f"| {setting} | " + " | ".join(f"{x:.2f}" for x in ratios) + f" | {min(ratios[1:]):.2f} |"
+            )
+        if all("over" in r for r in runs):
+            overs = [r["over"] for r in runs]
+            alarms = ", ".join(r["alarm"] for r in runs)
+            op_lines.append(
+                f"| {setting} | "
+                + " | ".join(_mean_sd([r.get(f"det_share/{c}") for r in runs]) for c in classes)
+                + f" | {np.mean(overs):.2f}, {np.max(overs):.2f} | {alarms} |"
+            )
+    return "\n".join(lines + (ratio_lines if ref_mean else []) + op_lines) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default="bench_out/balance")
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--output", default="bench_out/balance", help="data and model dirs")
+    parser.add_argument(
+        "--results", default=None, help="per-run JSON (default benchmarks/results/class_balance/MIX_STEPS)"
+    )
+    parser.add_argument("--mix", choices=list(MIXES), default="five")
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--setting", help=argparse.SUPPRESS)  # internal: one run
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.results = args.results or os.path.join(
+        REPO, "benchmarks", "results", "class_balance", f"{args.mix}_{args.steps}"
+    )
     if args.setting:
         run_one(args)
         return 0
-    os.makedirs(os.path.join(args.output, "results"), exist_ok=True)
-    make_data(args.output)
+    os.makedirs(args.results, exist_ok=True)
     for seed in args.seeds:  # seed-major, so a partial run still covers every setting
         for setting in args.settings:
-            if os.path.exists(_result_path(args.output, setting, seed)):
+            if os.path.exists(_result_path(args.results, setting, seed)):
                 continue
             print(f"== {setting} seed {seed}", flush=True)
             subprocess.run(
@@ -166,6 +280,10 @@ def main() -> int:
                     __file__,
                     "--output",
                     args.output,
+                    "--results",
+                    args.results,
+                    "--mix",
+                    args.mix,
                     "--steps",
                     str(args.steps),
                     "--setting",
@@ -175,9 +293,9 @@ def main() -> int:
                 ],
                 check=True,
             )
-            print(summarize(args.output, args.settings, args.seeds, args.steps), flush=True)
-    table = summarize(args.output, args.settings, args.seeds, args.steps)
-    with open(os.path.join(args.output, "summary.md"), "w") as f:
+            print(summarize(args.results, args.mix, args.settings, args.seeds, args.steps), flush=True)
+    table = summarize(args.results, args.mix, args.settings, args.seeds, args.steps)
+    with open(os.path.join(args.results, "summary.md"), "w") as f:
         f.write(table)
     print(table)
     return 0
