@@ -98,3 +98,31 @@ def test_experiment_trains_one_step_under_its_precision(name, shapes_records):
         assert int(optimizer.iterations.numpy()) == 1
     finally:
         performance.set_mixed_precision_policy("float32")
+
+
+def _config_files():
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parent.parent / "configs"
+    return sorted(str(p.relative_to(root.parent)) for p in root.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("config_file", _config_files())
+def test_shipped_yaml_applies_to_the_experiment_its_header_names(config_file):
+    """Every YAML under configs/ names its experiment in the command of its header and overrides it cleanly."""
+    import pathlib
+    import re
+
+    from official.core import exp_factory
+    from official.modeling import hyperparams
+
+    import tfmaskrcnn.registry_imports  # noqa: F401
+
+    path = pathlib.Path(__file__).resolve().parent.parent / config_file
+    header = "".join(line for line in path.read_text().splitlines(True) if line.startswith("#"))
+    match = re.search(r"--experiment (\S+)", header)
+    assert match, f"{config_file}: the header must show the command that runs it (--experiment NAME)"
+    assert f"--config_file {config_file}" in header, f"{config_file}: the header's command must pass this file"
+    params = exp_factory.get_exp_config(match.group(1))
+    params = hyperparams.override_params_dict(params, str(path), is_strict=True)
+    params.validate()
