@@ -47,7 +47,13 @@ class ClassBalance(hyperparams.Config):
     normalization: `weight_sum` divides by the summed weights of the sampled RoIs (with all
     weights 1 this is exactly Model Garden's loss); `mean` is Model Garden's unnormalized
     mean(w[t] * ce), under which weights also rescale the effective learning rate.
-    loss_type: `softmax` (cross-entropy) or `sigmoid_focal`.
+    loss_type: `softmax` (cross-entropy), `sigmoid_focal`, or the long-tail losses of
+    `tfmaskrcnn.losses.long_tail`: `seesaw` (Wang et al. 2021), `eqlv2` (Tan et al. 2021),
+    `federated` (Zhou et al. 2021). The long-tail losses take no class weights (weighting.scheme
+    none); `eqlv2` and `federated` train sigmoid scores, so they need
+    `model.detection_generator.use_sigmoid_probability: true`. `fed_loss_class_counts` (image
+    count per class, background first) is filled in from the training data at training start.
+    Defaults are the papers'.
     """
 
     weighting: ClassWeighting = dataclasses.field(default_factory=ClassWeighting)
@@ -55,6 +61,15 @@ class ClassBalance(hyperparams.Config):
     loss_type: str = "softmax"
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    seesaw_p: float = 0.8
+    seesaw_q: float = 2.0
+    eqlv2_gamma: float = 12.0
+    eqlv2_mu: float = 0.8
+    eqlv2_alpha: float = 4.0
+    fed_loss_num_classes: int = 50
+    fed_loss_freq_weight_power: float = 0.5
+    fed_loss_seed: int = 0
+    fed_loss_class_counts: Optional[List[float]] = None
 
 
 @dataclasses.dataclass

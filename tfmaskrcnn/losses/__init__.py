@@ -10,6 +10,13 @@ from tfmaskrcnn.losses.classification import (
     WeightedFastrcnnClassLoss,
     weighted_classification_loss,
 )
+from tfmaskrcnn.losses.long_tail import (
+    LONG_TAIL_LOSS_TYPES,
+    EQLv2Loss,
+    FederatedLoss,
+    SeesawLoss,
+    build_long_tail_loss,
+)
 
 __all__ = [
     "SCHEMES",
@@ -19,4 +26,9 @@ __all__ = [
     "compute_class_weights",
     "weighted_classification_loss",
     "WeightedFastrcnnClassLoss",
+    "LONG_TAIL_LOSS_TYPES",
+    "SeesawLoss",
+    "EQLv2Loss",
+    "FederatedLoss",
+    "build_long_tail_loss",
 ]
