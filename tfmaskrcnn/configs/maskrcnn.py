@@ -87,8 +87,30 @@ class Sampling(hyperparams.Config):
 
 
 @dataclasses.dataclass
+class CopyPasteConfig(hyperparams.Config):
+    """Class-balanced copy-paste of instances from a bank read from the training records (train only).
+
+    class_sampling: repeat_factor | inverse | uniform: the class of each pasted instance.
+    scale_min/max: size relative to the instance's size in its own image. blend_sigma: Gaussian
+    edge blending in pixels (0: hard). bank_size: instances held in memory (rare classes whole),
+    each as a crop_size x crop_size crop. See `tfmaskrcnn.dataloaders.copy_paste`.
+    """
+
+    enabled: bool = False
+    max_instances: int = 3
+    class_sampling: str = "repeat_factor"
+    scale_min: float = 0.5
+    scale_max: float = 1.5
+    blend_sigma: float = 1.0
+    bank_size: int = 2000
+    crop_size: int = 64
+    seed: Optional[int] = None
+
+
+@dataclasses.dataclass
 class Parser(mg.Parser):
     augmentation: AugmentationConfig = dataclasses.field(default_factory=AugmentationConfig)
+    copy_paste: CopyPasteConfig = dataclasses.field(default_factory=CopyPasteConfig)
 
 
 @dataclasses.dataclass
