@@ -250,7 +250,8 @@ class EQLv2Loss(_StatefulLoss):
             self._check(num_classes)
             pos, neg = self.pos_grad.read_value(), self.neg_grad.read_value()
             per_roi, batch_pos, batch_neg = eqlv2_per_roi(logits, targets, pos, neg, self.gamma, self.mu, self.alpha)
-            batch_pos, batch_neg = all_reduce_sum(tf.stack([batch_pos, batch_neg]))
+            summed = all_reduce_sum(tf.stack([batch_pos, batch_neg]))
+            batch_pos, batch_neg = summed[0], summed[1]
             updates = [self.pos_grad.assign(pos + batch_pos), self.neg_grad.assign(neg + batch_neg)]
             with tf.control_dependencies(updates):
                 return tf.reduce_sum(per_roi) / tf.cast(tf.shape(per_roi)[0], tf.float32)

@@ -176,6 +176,53 @@ def _check_static(task_config) -> None:
         )
 
 
+def check_long_tail_loss(task_config, read_data: bool = False) -> None:
+    """Checks `class_balance.loss_type` and the settings the long-tail losses need; with
+    `read_data` fills `fed_loss_class_counts` (image count per class, background first) from
+    the training data, else raises UnresolvedConfigError when the federated loss lacks it."""
+    from tfmaskrcnn import losses  # pylint: disable=g-import-not-at-top
+
+    balance = task_config.class_balance
+    known = tuple(losses.LOSS_TYPES) + tuple(losses.LONG_TAIL_LOSS_TYPES)
+    if balance.loss_type not in known:
+        raise ConfigError(f"task.class_balance.loss_type is {balance.loss_type!r}: use one of {', '.join(known)}")
+    if balance.loss_type not in losses.LONG_TAIL_LOSS_TYPES:
+        return
+    weighting = balance.weighting
+    if weighting.scheme != "none" or weighting.weights:
+        raise ConfigError(
+            f"task.class_balance.loss_type {balance.loss_type} balances the classes itself and takes no class "
+            "weights: set task.class_balance.weighting.scheme none (and weights empty)"
+        )
+    sigmoid = task_config.model.detection_generator.use_sigmoid_probability
+    if balance.loss_type in ("eqlv2", "federated") and not sigmoid:
+        raise ConfigError(
+            f"task.class_balance.loss_type {balance.loss_type} trains sigmoid class scores: set "
+            "task.model.detection_generator.use_sigmoid_probability true (softmax scores would be meaningless)"
+        )
+    if balance.loss_type == "seesaw" and sigmoid:
+        raise ConfigError(
+            "task.class_balance.loss_type seesaw trains softmax scores: set "
+            "task.model.detection_generator.use_sigmoid_probability false"
+        )
+    if balance.loss_type != "federated":
+        return
+    expected = task_config.model.num_classes
+    if not balance.fed_loss_class_counts:
+        if not read_data:
+            raise UnresolvedConfigError(
+                f"task.class_balance.fed_loss_class_counts is empty: {_RESOLVE_FIX}, or set it to {expected} "
+                "image counts (background first)"
+            )
+        stats = load_training_stats(task_config.train_data.input_path)
+        balance.fed_loss_class_counts = [0.0] + [float(c) for c in stats.image_counts]
+    if len(balance.fed_loss_class_counts) != expected:
+        raise ConfigError(
+            f"task.class_balance.fed_loss_class_counts has {len(balance.fed_loss_class_counts)} entries, "
+            f"num_classes is {expected}: give the background first (0), then one image count per class"
+        )
+
+
 def resolve_config(task_config) -> LabelMap:
     """Resolves label map, class count, validation count, class weights and sampling threshold.
 
@@ -186,6 +233,7 @@ def resolve_config(task_config) -> LabelMap:
     check_num_classes(task_config, label_map)
     _fill_validation_count(task_config)
     _check_static(task_config)
+    check_long_tail_loss(task_config, read_data=True)
     _resolve_class_weights(task_config, label_map)
     _resolve_sampling(task_config, label_map)
     return label_map
@@ -226,6 +274,7 @@ def check_resolved(task_config) -> LabelMap:
             f"classes: set task.model.num_classes={expected} (background + {label_map.num_classes} classes)"
         )
     _check_static(task_config)
+    check_long_tail_loss(task_config)
     weighting = task_config.class_balance.weighting
     weights = list(weighting.weights or [])
     if weighting.scheme != "none" and not weights:

@@ -7,7 +7,8 @@ What it changes, and nothing else:
 - training inputs go through our augmenting parser and an optional image sampler
   (Model Garden's `build_inputs` passes no `sample_fn`);
 - the box head's classification loss is the weighted loss of `tfmaskrcnn.losses.classification`
-  (identical to Model Garden's with all weights 1);
+  (identical to Model Garden's with all weights 1) or a long-tail loss of
+  `tfmaskrcnn.losses.long_tail`, whose running statistics the model carries (checkpointed);
 - collapse signals are logged while training;
 - evaluation runs the evaluator of `tfmaskrcnn eval` (per-class COCO AP keyed by class name,
   precision/recall per class and the collapse alarm; `tfmaskrcnn.evaluation.model_garden`).
@@ -144,8 +145,47 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
         return reader.read(input_context=input_context)
 
     # ---------------------------------------------------------------- losses
-    def _classification_loss(self):
+    def build_model(self):
+        """Model Garden's model; a stateful long-tail loss (seesaw, eqlv2, federated) is attached
+        to it as `class_loss_state`, so that its running statistics checkpoint with the model."""
+        model = super().build_model()
+        stages = self._long_tail_losses()
+        if stages:
+            model.class_loss_state = tf.Module(name="class_loss_state")
+            model.class_loss_state.stages = [stage.state for stage in stages]
+        return model
+
+    def _long_tail_losses(self):
+        """One stateful loss per box head (cascade heads each have their own statistics), built
+        once per task; [] for the stateless losses."""
         balance = self.task_config.class_balance
+        if balance.loss_type not in losses_lib.LONG_TAIL_LOSS_TYPES:
+            return []
+        if getattr(self, "_long_tail_stages", None) is None:
+            cascade = self.task_config.model.roi_sampler.cascade_iou_thresholds or []
+            self._long_tail_stages = [
+                losses_lib.build_long_tail_loss(
+                    balance.loss_type,
+                    self.task_config.model.num_classes,
+                    seesaw_p=balance.seesaw_p,
+                    seesaw_q=balance.seesaw_q,
+                    eqlv2_gamma=balance.eqlv2_gamma,
+                    eqlv2_mu=balance.eqlv2_mu,
+                    eqlv2_alpha=balance.eqlv2_alpha,
+                    fed_loss_class_counts=balance.fed_loss_class_counts,
+                    fed_loss_num_classes=balance.fed_loss_num_classes,
+                    fed_loss_freq_weight_power=balance.fed_loss_freq_weight_power,
+                    fed_loss_seed=balance.fed_loss_seed + stage,
+                    name=f"{balance.loss_type}_{stage}",
+                )
+                for stage in range(1 + len(cascade))
+            ]
+        return self._long_tail_stages
+
+    def _classification_loss(self, stage: int = 0):
+        balance = self.task_config.class_balance
+        if balance.loss_type in losses_lib.LONG_TAIL_LOSS_TYPES:
+            return self._long_tail_losses()[stage]
         weights = balance.weighting.weights or [1.0] * self.task_config.model.num_classes
         return losses_lib.WeightedFastrcnnClassLoss(
             class_weights=weights,
@@ -156,13 +196,16 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
         )
 
     def _build_frcnn_losses(self, outputs: Mapping[str, Any], labels: Mapping[str, Any]):
-        """Model Garden's box loss; our weighted classification loss, averaged over cascade heads."""
+        """Model Garden's box loss; our classification loss (weighted, or a long-tail loss with one
+        state per head), averaged over cascade heads."""
         _, frcnn_box_loss = super()._build_frcnn_losses(outputs, labels)
         cascade = self.task_config.model.roi_sampler.cascade_iou_thresholds
-        loss_fn = self._classification_loss()
         suffixes = [""] + [f"_{i}" for i in range(1, 1 + len(cascade or []))]
         cls_loss = tf.add_n(
-            [loss_fn(outputs["class_outputs" + s], outputs["class_targets" + s]) for s in suffixes]
+            [
+                self._classification_loss(stage)(outputs["class_outputs" + s], outputs["class_targets" + s])
+                for stage, s in enumerate(suffixes)
+            ]
         ) / len(suffixes)
         return cls_loss, frcnn_box_loss
 
