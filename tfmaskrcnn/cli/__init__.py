@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "train": ("tfmaskrcnn.cli.train", "train and evaluate an experiment (Model Garden's flags)"),
     "shapes": ("tfmaskrcnn.data.shapes.generator", "write the synthetic shapes dataset in COCO format"),
     "convert": ("tfmaskrcnn.data.convert", "convert a COCO dataset to TFRecord shards with a label map"),
+    "audit": ("tfmaskrcnn.cli.audit", "check a COCO dataset or converted records for label, mask and file mistakes"),
     "stats": ("tfmaskrcnn.cli.stats", "class statistics, class weights and repeat factors of a dataset"),
     "show-augment": ("tfmaskrcnn.augment.preview", "draw augmented samples with masks, boxes and names"),
     "eval": ("tfmaskrcnn.cli.evaluate", "per-class evaluation of a checkpoint, SavedModel or results file"),

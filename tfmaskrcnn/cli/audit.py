@@ -1,0 +1,93 @@
+"""`tfmaskrcnn audit`: check a dataset for the mistakes that break training or make one-class models.
+
+    tfmaskrcnn audit --annotations instances_train.json --images train/ --output audit_out \\
+        [--val-annotations instances_val.json] [--experiment tfmaskrcnn_r50fpn_gpu]
+    tfmaskrcnn audit converted/train --output audit_out
+
+Prints a summary, writes audit.json, class_histogram.png, samples/*.png and report.html into
+OUT, and exits with 1 when any check found an error (2 when the command cannot run).
+The checks are in `tfmaskrcnn.data.audit`, the files in `tfmaskrcnn.diagnostics.audit_report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tfmaskrcnn.data import audit
+
+
+def anchor_check(experiment: str) -> audit.AnchorCheck:
+    """The smallest anchor (anchor_size * 2**min_level, model-input pixels) and input size of a registered experiment."""
+    from official.core import exp_factory
+
+    import tfmaskrcnn.registry_imports  # noqa: F401  (registers the experiments)
+
+    try:
+        params = exp_factory.get_exp_config(experiment)
+    except KeyError as error:
+        raise ValueError(f"--experiment {experiment!r} is not registered ({error})") from None
+    model = params.task.model
+    size = list(model.input_size or [])
+    return audit.AnchorCheck(
+        experiment=experiment,
+        smallest_anchor=float(model.anchor.anchor_size) * 2 ** int(model.min_level),
+        input_size=(int(size[0]), int(size[1])) if len(size) >= 2 and size[0] and size[1] else None,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("records", nargs="?", help="converted TFRecords: the converter's output folder or a glob")
+    parser.add_argument("--annotations", help="COCO instances JSON (instead of RECORDS)")
+    parser.add_argument("--images", help="folder the JSON file_name entries are relative to")
+    parser.add_argument("--val-annotations", help="validation JSON: its categories must equal the training split's")
+    parser.add_argument("--output", required=True, help="folder for audit.json, the PNGs and report.html")
+    parser.add_argument(
+        "--experiment",
+        help="registered experiment whose smallest anchor and input size the object sizes are checked against",
+    )
+    parser.add_argument("--samples-per-class", type=int, default=4, help="images per class in the sample grids")
+    parser.add_argument("--workers", type=int, default=None, help="reader threads (default: min(8, CPUs))")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def main(args: argparse.Namespace) -> int:
+    from tfmaskrcnn.diagnostics.audit_report import write_audit_report
+
+    coco_mode = bool(args.annotations or args.images)
+    if coco_mode == bool(args.records) or (coco_mode and not (args.annotations and args.images)):
+        print("error: give either RECORDS or both --annotations and --images", file=sys.stderr)
+        return 2
+    if args.val_annotations and not coco_mode:
+        print("error: --val-annotations goes with --annotations/--images", file=sys.stderr)
+        return 2
+    progress = not args.no_progress
+    try:
+        anchor = anchor_check(args.experiment) if args.experiment else None
+        if coco_mode:
+            result = audit.audit_coco(
+                args.annotations,
+                args.images,
+                val_annotations_path=args.val_annotations,
+                anchor=anchor,
+                workers=args.workers,
+                progress=progress,
+                samples_per_class=args.samples_per_class,
+            )
+        else:
+            result = audit.audit_records(
+                args.records,
+                anchor=anchor,
+                workers=args.workers,
+                progress=progress,
+                samples_per_class=args.samples_per_class,
+            )
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(result.format_summary())
+    if anchor is None:
+        print("(object sizes not checked against anchors: pass --experiment NAME)")
+    paths = write_audit_report(result, args.output, progress=progress)
+    print(f"wrote {paths['json']} and {paths['html']}")
+    return result.exit_code
