@@ -36,14 +36,27 @@ class AugmentingParser(maskrcnn_input.Parser):
     takes about 45 ms), and `augment.flip_left_right` reverses them in about 2 ms
     (docs/benchmarks.md). Everything else is the stock parser's: with no augmenter and
     no flip the output is bit-identical to it.
+
+    `copy_paster` (same signature as `augmenter`; `dataloaders.copy_paste.build_copy_paster`)
+    pastes bank instances into the decoded example before the flip and the augmenter.
     """
 
-    def __init__(self, *args, augmenter: Optional[Callable] = None, aug_rand_hflip: bool = False, **kwargs):
+    def __init__(
+        self,
+        *args,
+        augmenter: Optional[Callable] = None,
+        aug_rand_hflip: bool = False,
+        copy_paster: Optional[Callable] = None,
+        **kwargs,
+    ):
         super().__init__(*args, aug_rand_hflip=False, **kwargs)
         self._example_augmenter = augmenter
+        self._copy_paster = copy_paster
         self._hflip_prob = 0.5 if aug_rand_hflip else 0.0  # Model Garden's probability
 
     def _parse_train_data(self, data):
+        if self._copy_paster is not None:  # first, so the pasted objects are augmented with the rest
+            data = augment_decoded(data, self._copy_paster)
         if self._hflip_prob > 0:
             data = random_flip_decoded(data, self._hflip_prob)
         if self._example_augmenter is not None:

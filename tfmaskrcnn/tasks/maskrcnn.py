@@ -86,6 +86,7 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
             )
         return parser_lib.AugmentingParser(
             augmenter=augmenter,
+            copy_paster=self._build_copy_paster(params) if params.is_training else None,
             output_size=model.input_size[:2],
             min_level=model.min_level,
             max_level=model.max_level,
@@ -107,6 +108,27 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
             outer_boxes_scale=model.outer_boxes_scale,
             mask_crop_size=parser.mask_crop_size,
             dtype=params.dtype,
+        )
+
+    def _build_copy_paster(self, params):
+        """Class-balanced copy-paste (train only): reads the instance bank from the training records
+        once per process, so it runs in `build_inputs`, never when the task is built."""
+        spec = params.parser.copy_paste
+        if not spec.enabled:
+            return None
+        from tfmaskrcnn.data import records  # pylint: disable=g-import-not-at-top
+        from tfmaskrcnn.dataloaders import copy_paste  # pylint: disable=g-import-not-at-top
+
+        if not self.task_config.model.include_mask:
+            raise ValueError("task.train_data.parser.copy_paste needs masks: set task.model.include_mask: true")
+        paths = params.input_path if isinstance(params.input_path, (list, tuple)) else [params.input_path]
+        sampling_spec = getattr(params, "sampling", None)
+        return copy_paste.build_copy_paster(
+            spec,
+            records.tfrecord_files(",".join(paths)),
+            max_total_instances=params.parser.max_num_instances,
+            threshold=sampling_spec.threshold if sampling_spec is not None else None,
+            num_classes=self.label_map.num_classes,
         )
 
     def _build_sample_fn(self, params, input_context=None):
