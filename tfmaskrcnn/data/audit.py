@@ -956,7 +956,7 @@ def _aggregate(
         )
     if hits.count["small_objects"]:
         mostly_small = [
-            i for i in range(num_classes) if instances[i] >= 5 and small[i] >= SMALL_CLASS_SHARE * instances[i]
+            i for i in range(num_classes) if instances[i] >= 3 and small[i] >= SMALL_CLASS_SHARE * instances[i]
         ]
         hits.summary["small_objects"] = f"{hits.count['small_objects']} object(s)" + (
             "; mostly small: " + ", ".join(f"{names[i]!r} {int(small[i])} of {int(instances[i])}" for i in mostly_small)
