@@ -112,7 +112,8 @@ def sample_grid_png(samples: Sequence[Sample], names: Sequence[str], class_id: i
     from PIL import Image
 
     pictures = [draw_sample(s, names, highlight=class_id, tile=tile) for s in samples]
-    grid = Image.new("RGB", (max(1, len(pictures)) * (tile + 4), tile + 4), (255, 255, 255))
+    height = max((p.height for p in pictures), default=tile)
+    grid = Image.new("RGB", (max(1, len(pictures)) * (tile + 4), height + 4), (255, 255, 255))
     for n, picture in enumerate(pictures):
         grid.paste(picture, (n * (tile + 4) + 2, 2))
     buffer = _bytes_io.BytesIO()
