@@ -5,10 +5,18 @@ The signals are the ones a person checks by hand when AP looks odd:
   the ground truth (the classic "everything is a person" collapse);
 - many classes are never found at all (recall 0);
 - a class with plenty of ground truth is never predicted (a dead class head,
-  a shifted label map, or a class lost to imbalance).
+  a shifted label map, or a class lost to imbalance);
+- a class predicted at 2x (or more) its ground-truth share, by enough detections: a
+  collapse onto a class that is not the majority (72 of 130 detections to a class with
+  20% of the objects) never reaches the dominance threshold;
+- with the confusion matrix: a class whose matched objects go mostly (> 50%) to one
+  other class ("triangle -> star: 20 of 29").
 
-The verdict is "collapse" when the dominance signal fires (or the other two fire
-together), "warning" when one of the weaker signals fires, "ok" otherwise.
+The verdict is "collapse" when the dominance signal fires, when the other two of the
+first three fire together, or when one class absorbs others: a class is the sink of a
+confusion and also over-predicted (or dominant), or two classes or more sink into it.
+"warning" when one signal fires alone (two lookalike classes confused with each other,
+a class over-predicted with false positives), "ok" otherwise.
 """
 
 from __future__ import annotations
@@ -47,6 +55,11 @@ def collapse_alarm(
     min_detections: int = 20,
     zero_recall_fraction: float = 0.5,
     min_gt_for_never_predicted: int = 10,
+    confusion: np.ndarray | None = None,
+    overprediction_ratio: float = 2.0,
+    min_excess_detections: int = 20,
+    confused_share: float = 0.5,
+    min_matched_for_confusion: int = 10,
 ) -> Alarm:
     """Verdict and reasons from per-class counts at one score threshold.
 
@@ -62,6 +75,16 @@ def collapse_alarm(
         truth are never found (recall 0).
     min_gt_for_never_predicted: warn about a class with at least this many ground-truth
         objects and no confident detection.
+    confusion: optional detection confusion matrix [K+1, K+1] (`confusion.Confusion.matrix`:
+        rows true class, columns predicted class, background last), for the sink signal.
+    overprediction_ratio: warn about a class whose share of confident detections is at least
+        this multiple of its ground-truth share ...
+    min_excess_detections: ... when it has at least this many detections more than its
+        ground-truth share of the detections would give it (so that a few extra detections of
+        a rare class do not raise it).
+    confused_share, min_matched_for_confusion: warn about a class with at least
+        `min_matched_for_confusion` matched objects (row minus the background column) of which
+        more than `confused_share` went to one other class.
     """
     gt = np.asarray(gt_instances, dtype=np.float64)
     pred = np.asarray(predicted, dtype=np.float64)
@@ -113,8 +136,52 @@ def collapse_alarm(
         more = f" and {never.size - 5} more" if never.size > 5 else ""
         findings.append((WARNING, f"never predicted although frequent in the ground truth: {listed}{more}"))
 
+    dominant = int(np.argmax(pred)) if any(s == COLLAPSE for s, _ in findings) else None
+    over = np.zeros(gt.size, dtype=bool)
+    if total_pred >= min_detections and total_gt > 0:
+        pred_share, gt_share = pred / total_pred, gt / total_gt
+        excess = pred - gt_share * total_pred
+        over = (pred_share >= overprediction_ratio * gt_share) & (excess >= min_excess_detections)
+        for i in np.flatnonzero(over):
+            if i == dominant:
+                continue  # already reported, in its stronger form
+            times = f"{pred_share[i] / gt_share[i]:.1f}x" if gt_share[i] > 0 else "with none"
+            findings.append(
+                (
+                    WARNING,
+                    f"'{names[i]}' takes {pred_share[i]:.0%} of confident detections ({int(pred[i])} of "
+                    f"{int(total_pred)}), {times} its {gt_share[i]:.0%} share of the ground truth",
+                )
+            )
+
+    sinks: dict[int, list[int]] = {}
+    if confusion is not None:
+        matrix = np.asarray(confusion, dtype=np.float64)
+        if matrix.shape != (gt.size + 1, gt.size + 1):
+            raise ValueError(
+                f"confusion matrix has shape {matrix.shape}; expected ({gt.size + 1}, {gt.size + 1}) for "
+                f"{gt.size} classes plus background (rows true, columns predicted, background last)"
+            )
+        matched = matrix[:-1, :-1]
+        for i in range(gt.size):
+            row = matched[i].copy()
+            total = row.sum()
+            row[i] = -1.0
+            j = int(np.argmax(row))
+            if total >= min_matched_for_confusion and row[j] > confused_share * total:
+                sinks.setdefault(j, []).append(i)
+                findings.append(
+                    (
+                        WARNING,
+                        f"'{names[i]}' \u2192 '{names[j]}': {int(row[j])} of {int(total)} matched "
+                        f"'{names[i]}' objects are predicted as '{names[j]}'",
+                    )
+                )
+
     severities = [s for s, _ in findings]
     verdict = max(severities, key=_SEVERITY.get, default=OK)
     if many_zero_recall and never.size:
+        verdict = COLLAPSE
+    if any(over[j] or j == dominant or len(sources) > 1 for j, sources in sinks.items()):
         verdict = COLLAPSE
     return Alarm(verdict, tuple(reason for _, reason in findings))
