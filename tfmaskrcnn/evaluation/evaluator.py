@@ -179,6 +179,7 @@ class DetectionEvaluator:
             result.gt_instances,
             result.predicted,
             [np.nan if r["recall"] is None else r["recall"] for r in rows],
+            confusion=result.matrix,
             **self.alarm_kwargs,
         )
         labels = [r["class"] for r in rows] + [confusion.BACKGROUND]
