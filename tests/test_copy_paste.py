@@ -343,3 +343,38 @@ def test_one_training_step_with_copy_paste(shapes_records, tiny_experiment, tmp_
     import os
 
     assert any(name.startswith("ckpt-1") for name in os.listdir(model_dir))
+
+
+# ---------------------------------------------------------------- preview
+
+
+def test_show_augment_draws_copy_paste_samples_with_pasted_instances_marked(shapes_records, tmp_path, capsys):
+    from tfmaskrcnn import cli
+
+    output = tmp_path / "grid.png"
+    argv = ["show-augment", shapes_records["train"], "--output", str(output), "--num-images", "2", "--samples", "3"]
+    assert cli.main(argv + ["--copy-paste", "--class-sampling", "uniform", "--max-instances", "4"]) == 0
+    assert output.stat().st_size > 1000
+    printed = capsys.readouterr().out
+    pasted = int(printed.split(" pasted")[0].rsplit(" ", 1)[-1])
+    assert pasted > 0, printed
+    assert cli.main(argv) == 0 and "pasted" not in capsys.readouterr().out
+
+
+def test_draw_panel_marks_pasted_instances():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tfmaskrcnn.augment import preview
+
+    image, boxes, masks, classes, extras = _example(0)
+    fig, ax = plt.subplots()
+    pasted = np.arange(len(classes)) == 0
+    preview.draw_panel(ax, image, boxes, masks, classes, extras["is_crowd"], {}, "t", pasted=pasted)
+    styles = [(p.get_linestyle(), p.get_edgecolor()[:3]) for p in ax.patches]
+    labels = [t.get_text() for t in ax.texts]
+    plt.close(fig)
+    assert styles[0] == (":", (1.0, 1.0, 1.0)) and all(style[0] == "-" for style in styles[1:])
+    assert labels[0].startswith("+") and not any(label.startswith("+") for label in labels[1:])

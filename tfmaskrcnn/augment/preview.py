@@ -8,6 +8,12 @@ augments each `--samples` times and draws a grid: the original in the first colu
 augmented samples beside it, every instance mask as a translucent colour with its box
 (dashed for crowd) and class name from `label_map.json`. Misaligned masks, boxes that
 do not hug their mask and swapped classes are visible at a glance.
+
+With `--copy-paste` (class-balanced copy-paste, run before the augmenter as in training)
+pasted instances get a white dotted box and a `+` before their name. The flag and the
+instance bank, which reads the records and class statistics (`tfmaskrcnn.dataloaders`, a
+layer above this one), are wired in `tfmaskrcnn.cli.show_augment`; the drawing here only
+takes the paste as an optional callable (`render_grid(..., paster=...)`).
 """
 
 from __future__ import annotations
@@ -106,8 +112,11 @@ def parse_overrides(items: list) -> dict:
     return out
 
 
-def draw_panel(ax, image, boxes, masks, classes, is_crowd, names, title):
+def draw_panel(ax, image, boxes, masks, classes, is_crowd, names, title, pasted=None):
+    """One panel; `pasted` [N] bool marks pasted instances (white dotted box, `+` before the name)."""
     from matplotlib import patches
+
+    pasted = np.zeros(len(classes), bool) if pasted is None else np.asarray(pasted, bool)
 
     height, width = image.shape[:2]
     canvas = image.astype(np.float32) / 255.0
@@ -116,7 +125,7 @@ def draw_panel(ax, image, boxes, masks, classes, is_crowd, names, title):
         on = mask > 0.5
         canvas[on] = 0.55 * canvas[on] + 0.45 * colour
     ax.imshow(canvas, interpolation="nearest")
-    for box, cls, crowd in zip(boxes, classes, is_crowd):
+    for box, cls, crowd, is_pasted in zip(boxes, classes, is_crowd, pasted):
         colour = _PALETTE[int(cls) % len(_PALETTE)]
         ymin, xmin, ymax, xmax = box * [height, width, height, width]
         ax.add_patch(
@@ -125,15 +134,15 @@ def draw_panel(ax, image, boxes, masks, classes, is_crowd, names, title):
                 xmax - xmin,
                 ymax - ymin,
                 fill=False,
-                edgecolor=colour,
-                linewidth=1.2,
-                linestyle="--" if crowd else "-",
+                edgecolor="white" if is_pasted else colour,
+                linewidth=1.6 if is_pasted else 1.2,
+                linestyle=":" if is_pasted else "--" if crowd else "-",
             )
         )
         ax.text(
             xmin - 0.5,
             ymin - 1.5,
-            names.get(int(cls), f"class {int(cls)}") + (" (crowd)" if crowd else ""),
+            ("+" if is_pasted else "") + names.get(int(cls), f"class {int(cls)}") + (" (crowd)" if crowd else ""),
             color="white",
             fontsize=6,
             va="bottom",
@@ -144,9 +153,15 @@ def draw_panel(ax, image, boxes, masks, classes, is_crowd, names, title):
     ax.set_yticks([])
 
 
-def render_grid(records, augmenter, names, samples: int, seed: int, output: str) -> dict:
-    """Draws originals + augmented samples; returns instance counts for the summary."""
+def render_grid(records, augmenter, names, samples: int, seed: int, output: str, paster=None) -> dict:
+    """Draws originals + augmented samples; returns instance counts for the summary.
+
+    `paster` (optional, the signature of an augmenter; `tfmaskrcnn.augment.copy_paste.make_copy_paster`)
+    runs before `augmenter`, as in training; its pasted instances are marked.
+    """
     import matplotlib
+
+    from tfmaskrcnn.augment.copy_paste import PASTED_KEY
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -154,7 +169,7 @@ def render_grid(records, augmenter, names, samples: int, seed: int, output: str)
 
     rows, cols = len(records), samples + 1
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
-    counts = {"original_instances": 0, "augmented_instances": 0, "panels": rows * samples}
+    counts = {"original_instances": 0, "augmented_instances": 0, "pasted_instances": 0, "panels": rows * samples}
     for r, data in enumerate(records):
         image = data["image"]
         masks = data["groundtruth_instance_masks"]
@@ -171,16 +186,14 @@ def render_grid(records, augmenter, names, samples: int, seed: int, output: str)
         )
         counts["original_instances"] += samples * int(tf.shape(masks)[0])
         for s in range(samples):
-            out = augmenter(
-                image,
-                data["groundtruth_boxes"],
-                masks,
-                data["groundtruth_classes"],
-                extras,
-                seed=tf.constant([seed, r * 1000 + s], tf.int64),
-            )
+            sample = (image, data["groundtruth_boxes"], masks, data["groundtruth_classes"], extras)
+            if paster is not None:
+                sample = paster(*sample, seed=tf.constant([seed + 1, r * 1000 + s], tf.int64))
+            out = augmenter(*sample, seed=tf.constant([seed, r * 1000 + s], tf.int64))
             out_image, out_boxes, out_masks, out_classes, out_extras = out
+            pasted = out_extras[PASTED_KEY].numpy() if PASTED_KEY in out_extras else None
             counts["augmented_instances"] += int(tf.shape(out_classes)[0])
+            counts["pasted_instances"] += 0 if pasted is None else int(pasted.sum())
             draw_panel(
                 axes[r][s + 1],
                 out_image.numpy(),
@@ -190,6 +203,7 @@ def render_grid(records, augmenter, names, samples: int, seed: int, output: str)
                 out_extras["is_crowd"].numpy(),
                 names,
                 f"sample {s + 1}",
+                pasted=pasted,
             )
     fig.tight_layout()
     directory = os.path.dirname(os.path.abspath(output))
@@ -206,7 +220,8 @@ def render_grid(records, augmenter, names, samples: int, seed: int, output: str)
     return counts
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, make_paster=None) -> int:
+    """`make_paster(files) -> paster` adds copy-paste (see `tfmaskrcnn.cli.show_augment`)."""
     import tensorflow as tf
     from official.vision.dataloaders import tf_example_decoder
 
@@ -237,9 +252,15 @@ def main(args: argparse.Namespace) -> int:
     if not records:
         print(f"error: {files} hold no records", file=sys.stderr)
         return 2
-    counts = render_grid(records, augmenter, names, args.samples, args.seed, args.output)
+    try:
+        paster = make_paster(files) if make_paster is not None else None
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    counts = render_grid(records, augmenter, names, args.samples, args.seed, args.output, paster=paster)
+    pasted = f", {counts['pasted_instances']} pasted (white dotted boxes)" if paster is not None else ""
     print(
         f"wrote {args.output}: {len(records)} images x {args.samples} samples, preset {args.preset}; "
-        f"instances kept {counts['augmented_instances']}/{counts['original_instances']}"
+        f"instances kept {counts['augmented_instances']}/{counts['original_instances']}{pasted}"
     )
     return 0

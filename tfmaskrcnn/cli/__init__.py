@@ -24,7 +24,7 @@ SUBCOMMANDS = {
     "convert": ("tfmaskrcnn.data.convert", "convert a COCO dataset to TFRecord shards with a label map"),
     "audit": ("tfmaskrcnn.cli.audit", "check a COCO dataset or converted records for label, mask and file mistakes"),
     "stats": ("tfmaskrcnn.cli.stats", "class statistics, class weights and repeat factors of a dataset"),
-    "show-augment": ("tfmaskrcnn.augment.preview", "draw augmented samples with masks, boxes and names"),
+    "show-augment": ("tfmaskrcnn.cli.show_augment", "draw augmented samples with masks, boxes and names"),
     "eval": ("tfmaskrcnn.cli.evaluate", "per-class evaluation of a checkpoint, SavedModel or results file"),
     "export": ("tfmaskrcnn.serving.export", "export a trained model as a SavedModel with its label map"),
     "predict": ("tfmaskrcnn.serving.predict", "run an exported SavedModel on images"),
