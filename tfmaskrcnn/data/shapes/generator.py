@@ -140,7 +140,10 @@ def _generate_split(
     seed: int,
     max_objects: int,
     progress: bool,
+    shape_ids: Sequence[int] | None = None,
 ) -> dict:
+    shape_ids = list(shape_ids if shape_ids is not None else range(len(shares)))
+    position = {shape: k for k, shape in enumerate(shape_ids)}  # shape index -> class position
     image_dir = output_dir / split
     image_dir.mkdir(parents=True, exist_ok=True)
     # One stream for the class pool of each split and one for the pixels of each image, all
@@ -152,19 +155,21 @@ def _generate_split(
     unplaced = 0
     for i in tqdm(range(num_images), desc=f"shapes {split}", unit="img", disable=not progress):
         rng = np.random.default_rng([seed, split_index, i + 1])
-        pixels, instances, missed = render_scene(rng, classes_per_image[i], image_size)
+        pixels, instances, missed = render_scene(rng, [shape_ids[c] for c in classes_per_image[i]], image_size)
         unplaced += len(missed)
         image_id = i + 1
         file_name = f"{image_id:06d}.png"
         write_atomic(str(image_dir / file_name), _png_bytes(pixels))
         images.append({"id": image_id, "file_name": file_name, "height": image_size, "width": image_size})
         for instance in instances:
-            annotation = {"id": len(annotations) + 1, "image_id": image_id, "category_id": instance.class_index + 1}
+            k = position[instance.class_index]
+            annotation = {"id": len(annotations) + 1, "image_id": image_id, "category_id": k + 1}
             annotation.update(encode_instance(instance))
             annotations.append(annotation)
-            per_class[instance.class_index] += 1
+            per_class[k] += 1
             num_rle += int(instance.occluded)
-    categories = [{"id": k + 1, "name": SHAPE_NAMES[k], "supercategory": "shape"} for k in range(len(shares))]
+    names = [SHAPE_NAMES[shape] for shape in shape_ids]
+    categories = [{"id": k + 1, "name": names[k], "supercategory": "shape"} for k in range(len(shares))]
     coco = {
         "info": {
             "description": f"tfmaskrcnn synthetic shapes, {split} split",
@@ -184,8 +189,8 @@ def _generate_split(
         "image_dir": str(image_dir),
         "num_images": num_images,
         "num_instances": len(annotations),
-        "instances_per_class": {SHAPE_NAMES[k]: per_class[k] for k in range(len(shares))},
-        "requested_shares": {SHAPE_NAMES[k]: shares[k] for k in range(len(shares))},
+        "instances_per_class": {names[k]: per_class[k] for k in range(len(shares))},
+        "requested_shares": {names[k]: shares[k] for k in range(len(shares))},
         "polygon_instances": len(annotations) - num_rle,
         "rle_instances": num_rle,
         "unplaced_instances": unplaced,
@@ -202,6 +207,7 @@ def generate_shapes_dataset(
     seed: int = 0,
     max_objects: int = 4,
     progress: bool = True,
+    classes: Sequence[str] | None = None,
 ) -> dict:
     """Writes the shapes dataset under `output_dir` and returns a summary:
     {"output_dir", "categories": [names], "splits": {"train": {...}, "val": {...}}} where each
@@ -210,8 +216,20 @@ def generate_shapes_dataset(
 
     class_ratios: train share per class (default 3 balanced classes); their count sets the
     number of classes. val_class_ratios: same length; default balanced.
+    classes: shape names to draw, in class-id order (default the first K of SHAPE_NAMES), e.g.
+    ("hexagon", "cross", "ellipse", "arrow") for a dataset that shares no class with the default one.
     """
+    shape_ids = None
+    if classes is not None:
+        unknown = [name for name in classes if name not in SHAPE_NAMES]
+        if unknown or not classes or len(set(classes)) != len(classes):
+            raise ValueError(f"classes {list(classes)}: give distinct names among {', '.join(SHAPE_NAMES)}")
+        shape_ids = [SHAPE_NAMES.index(name) for name in classes]
+        if class_ratios is None:
+            class_ratios = (1,) * len(classes)
     train_shares = normalize_class_ratios(class_ratios if class_ratios is not None else (1, 1, 1))
+    if shape_ids is not None and len(shape_ids) != len(train_shares):
+        raise ValueError(f"classes has {len(shape_ids)} names but class_ratios has {len(train_shares)} entries")
     num_classes = len(train_shares)
     if val_class_ratios is None:
         val_shares = tuple([1.0 / num_classes] * num_classes)
@@ -238,9 +256,19 @@ def generate_shapes_dataset(
         (("train", num_train, train_shares), ("val", num_val, val_shares))
     ):
         splits[split] = _generate_split(
-            split, split_index, output_dir, int(count), shares, int(image_size), int(seed), int(max_objects), progress
+            split,
+            split_index,
+            output_dir,
+            int(count),
+            shares,
+            int(image_size),
+            int(seed),
+            int(max_objects),
+            progress,
+            shape_ids=shape_ids,
         )
-    return {"output_dir": str(output_dir), "categories": list(SHAPE_NAMES[:num_classes]), "splits": splits}
+    names = [SHAPE_NAMES[k] for k in shape_ids] if shape_ids is not None else list(SHAPE_NAMES[:num_classes])
+    return {"output_dir": str(output_dir), "categories": names, "splits": splits}
 
 
 def format_summary(summary: dict) -> str:
