@@ -465,6 +465,14 @@ def test_records_whose_labels_disagree_with_the_label_map_are_an_error(tmp_path)
     assert text.severity == ERROR and "image 51" in text.message and "'star'" in text.message
 
 
+def test_records_with_a_repeated_source_id_are_an_error(tmp_path):
+    examples = healthy_examples() + [example(3, [1], [])]
+    finding = audit.audit_records(str(write_records(tmp_path / "rec", examples)), progress=False).finding(
+        "duplicate_image_id"
+    )
+    assert finding.severity == ERROR and finding.count == 1 and "image 3" in finding.message
+
+
 def test_records_through_the_command(tmp_path, capsys):
     folder = write_records(tmp_path / "rec", healthy_examples() + [example(42, [1], [], mask_value=255)])
     out = tmp_path / "audit"

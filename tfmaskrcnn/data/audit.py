@@ -1052,8 +1052,15 @@ def audit_records(
     def keep_samples(results):
         # Keeps the bytes of the records `_aggregate` will pick as samples (the first usable ones per class).
         nonlocal num_records
+        seen: set = set()
         for result in results:
             num_records += 1
+            if result.usable and result.image_id in seen:
+                # Evaluation keys the ground truth by source_id: a second record with it is lost or mixed in.
+                hits.add(
+                    "duplicate_image_id", result.image_id, None, f"record {result.sample_key} reuses its source_id"
+                )
+            seen.add(result.image_id)
             classes = {o.class_id for o in result.objects if not o.is_crowd}
             if result.usable and any(taken[c] < samples_per_class for c in classes):
                 taken.update(classes)
