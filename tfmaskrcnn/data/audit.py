@@ -19,14 +19,16 @@ truncated file fails the same way), and a well-formed polygon is turned into a C
 drawing the full-size mask; anything else goes through `segmentation_to_mask` itself.
 
 Severities. error: breaks training or teaches a one-class / wrong-class model (category
-id 0 or unknown ids, duplicate category ids or names, nearly all instances in one class,
-conflicting labels, most of the data unusable, a validation split with other
-categories; in records: 0/255 masks, labels outside the label map, names that disagree
-with it, undecodable records). warning: data lost or degraded that training survives
-(missing or unreadable images, degenerate or clipped boxes, masks that disagree with
-their box or are empty, duplicates, classes without instances, objects below the
-smallest anchor). info: what a user should know but need not fix (crowd regions, images
-without objects, id gaps, conversions, imbalance).
+id 0 or unknown ids, duplicate category ids or names, >= 95% of the instances in one
+class, conflicting labels on more than 1% of the instances, more than half of the images
+or annotations unusable, a validation split with other categories; in records: 0/255
+masks, labels outside the label map, names that disagree with it, undecodable records,
+repeated source ids). warning: data lost or degraded that training survives (missing or
+unreadable images, file names outside the image folder, degenerate or clipped boxes,
+masks that disagree with their box or are empty, duplicates, a few conflicting labels,
+80-95% in one class, classes without instances, classes mostly below the smallest
+anchor). info: what a user should know but need not fix (crowd regions, images without
+objects, id gaps, conversions, imbalance, a few small objects).
 
 Pure functions over the COCO dict and the parsed records; files are read with plain
 `open` locally and `tf.io.gfile` for URLs. Images are checked in a thread pool (image
