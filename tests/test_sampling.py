@@ -169,6 +169,164 @@ def test_class_aware_sampling_draws_classes_uniformly():
         sampling.make_class_aware_sample_fn(3, class_ids=[4])
 
 
+def _example(index, classes, crowd=None):
+    """A serialized tf.Example as the converter writes it (2x2 image, one box per instance)."""
+    pixel = tf.io.encode_png(tf.zeros([2, 2, 3], tf.uint8)).numpy()
+    crowd = [0] * len(classes) if crowd is None else list(crowd)
+
+    def floats(value, n=len(classes)):  # noqa: B008  (binds this image's count)
+        return tf.train.Feature(float_list=tf.train.FloatList(value=[value] * n))
+
+    feature = {
+        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixel])),
+        "image/source_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(index).encode()])),
+        "image/height": tf.train.Feature(int64_list=tf.train.Int64List(value=[2])),
+        "image/width": tf.train.Feature(int64_list=tf.train.Int64List(value=[2])),
+        "image/object/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=list(classes))),
+        "image/object/is_crowd": tf.train.Feature(int64_list=tf.train.Int64List(value=crowd)),
+        "image/object/bbox/xmin": floats(0.0),
+        "image/object/bbox/ymin": floats(0.0),
+        "image/object/bbox/xmax": floats(1.0),
+        "image/object/bbox/ymax": floats(1.0),
+        "image/object/area": floats(4.0),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _write_records(path, images):
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for index, classes in enumerate(images):
+            writer.write(_example(index, classes))
+    return str(path)
+
+
+def _record_ids(dataset):
+    """`image/source_id`s of a finite stream of serialized records."""
+    ids = dataset.map(
+        lambda record: tf.strings.to_number(
+            tf.io.parse_single_example(record, {"image/source_id": tf.io.FixedLenFeature([], tf.string)})[
+                "image/source_id"
+            ],
+            tf.int64,
+        )
+    )
+    return [int(i) for batch in ids.batch(1024).as_numpy_iterator() for i in batch]
+
+
+def _in_memory_records(images):
+    """The serialized twin of `_in_memory_dataset`: same classes, a crowd instance of class 3 each."""
+    return tf.data.Dataset.from_tensor_slices(
+        [_example(i, list(c) + [3], [0] * len(c) + [1]) for i, c in enumerate(images)]
+    )
+
+
+def test_record_classes_parse_labels_without_crowd():
+    classes = sampling.record_classes(tf.constant(_example(0, [2, 1, 3], [0, 0, 1])))
+    assert classes.numpy().tolist() == [2, 1]
+    # No is_crowd feature: every instance counts (as Model Garden's decoder).
+    bare = tf.train.Example()
+    bare.features.feature["image/object/class/label"].int64_list.value.extend([3, 3])
+    assert sampling.record_classes(tf.constant(bare.SerializeToString())).numpy().tolist() == [3, 3]
+    assert sampling.record_classes(tf.constant(_example(0, []))).numpy().tolist() == []
+
+
+def test_record_sampler_draws_exactly_what_the_decoded_sampler_draws():
+    # Same seed, same images: the serialized stream gives the same image ids in the same order,
+    # so the statistics of the tests above carry over to the record path training uses.
+    images = _skewed_dataset([0.9, 0.07, 0.03], num_images=120, seed=3)
+    class_repeat = np.array([1.0, 2.2, 3.7])
+    decoded = sampling.make_repeat_factor_sample_fn(class_repeat, seed=9, shuffle_buffer=16)
+    records = sampling.make_repeat_factor_sample_fn(class_repeat, seed=9, shuffle_buffer=16, on="records")
+    for _ in range(2):  # and again: the draws are per pass, not cached
+        assert _record_ids(records(_in_memory_records(images))) == _image_ids(decoded(_in_memory_dataset(images)))
+    aware_decoded = sampling.make_class_aware_sample_fn(3, seed=2)
+    aware_records = sampling.make_class_aware_sample_fn(3, seed=2, on="records")
+    assert _record_ids(aware_records(_in_memory_records(images).repeat()).take(300)) == _image_ids(
+        aware_decoded(_in_memory_dataset(images).repeat()).take(300)
+    )
+    with pytest.raises(ValueError, match="'records'"):
+        sampling.make_repeat_factor_sample_fn(class_repeat, on="images")
+
+
+def test_record_sampler_refuses_ids_outside_the_repeat_table():
+    fn = sampling.make_repeat_factor_sample_fn(np.array([1.0, 2.0]), seed=0, on="records")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="another label map"):
+        list(fn(tf.data.Dataset.from_tensors(_example(0, [5]))).as_numpy_iterator())
+
+
+def test_shard_class_ids(tmp_path):
+    path = _write_records(tmp_path / "r.tfrecord", [(1,), (2,), (1, 3), (2,), (), (1,)])
+    records = tf.data.TFRecordDataset(path)
+    assert sampling.shard_class_ids(records, 3) == [1, 2, 3]
+    assert sampling.shard_class_ids(records.shard(2, 1), 3) == [1, 2]  # records 1, 3, 5: no class 3
+    with pytest.raises(ValueError, match="class id 3 is outside 1..2"):
+        sampling.shard_class_ids(records, 2)
+
+
+def test_sampling_input_reader_samples_records_before_decoding(tmp_path):
+    from official.core import config_definitions
+
+    from tfmaskrcnn.dataloaders import input_reader as reader_lib
+
+    images = _skewed_dataset([0.9, 0.07, 0.03], num_images=100, seed=2)
+    path = _write_records(tmp_path / "train.tfrecord", images)
+    frequency = sampling.class_image_frequency(images, 3)
+    class_repeat = sampling.repeat_factors(frequency, sampling.choose_threshold(frequency))
+    params = config_definitions.DataConfig(
+        input_path=path, is_training=True, global_batch_size=64, shuffle_buffer_size=16, seed=4
+    )
+    seen_specs = []
+
+    def record_sampler(shard):
+        assert shard.kind == "all"
+        fn = sampling.make_repeat_factor_sample_fn(class_repeat, seed=4, on="records")
+
+        def apply(dataset):
+            seen_specs.append(dataset.element_spec)
+            return fn(dataset)
+
+        return apply
+
+    def decode(record):  # the decoder receives serialized records: the sampler ran before it
+        seen_specs.append(record.dtype)
+        return {
+            "source_id": tf.io.parse_single_example(record, {"image/source_id": tf.io.FixedLenFeature([], tf.string)})[
+                "image/source_id"
+            ]
+        }
+
+    reader = reader_lib.SamplingInputReader(
+        params,
+        record_sampler=record_sampler,
+        decoder_fn=decode,
+        parser_fn=lambda decoded: tf.strings.to_number(decoded["source_id"], tf.int64),
+    )
+    length = int(20 * sum(sampling.image_repeat_factor(c, class_repeat) for c in images))
+    sampled = [int(i) for batch in reader.read().take(length // 64).as_numpy_iterator() for i in batch]
+    assert seen_specs == [tf.TensorSpec([], tf.string), tf.string]
+    observed = sampling.class_image_frequency([images[i] for i in sampled], 3)
+    expected = sampling.expected_image_frequency_after(images, class_repeat)
+    np.testing.assert_allclose(observed, expected, rtol=0.05)
+
+
+def test_sampling_input_reader_reports_the_shard_of_each_pipeline(tmp_path):
+    from official.core import config_definitions
+
+    from tfmaskrcnn.dataloaders import input_reader as reader_lib
+
+    path = _write_records(tmp_path / "train.tfrecord", [(1,), (2,), (3,), (2,)])
+    params = config_definitions.DataConfig(input_path=path, is_training=True, global_batch_size=2)
+    reader = reader_lib.SamplingInputReader(params)
+    assert reader.shard(None).kind == "all"
+    shard = reader.shard(tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1))
+    assert (shard.kind, shard.pipeline_id, shard.num_pipelines) == ("records", 1, 2)
+    assert _record_ids(shard.records()) == [1, 3]
+    many = [_write_records(tmp_path / f"{i}.tfrecord", [(1,)]) for i in range(4)]
+    params = config_definitions.DataConfig(input_path=",".join(many), is_training=True, global_batch_size=2)
+    shard = reader_lib.SamplingInputReader(params).shard(tf.distribute.InputContext(2, 0))
+    assert shard.kind == "files"
+
+
 def test_sample_fn_plugs_into_model_gardens_input_reader(tmp_path):
     from official.core import config_definitions, input_reader
     from official.vision.dataloaders import tf_example_decoder

@@ -9,18 +9,29 @@ floor(r)), so its expectation is r(I).
 Conventions: per-class arrays have K entries, entry i is class id i + 1 (ids 1..K,
 0 is background and never a ground-truth class). Crowd instances do not count.
 
-The tf.data functions plug into Model Garden's `InputReader(sample_fn=...)`, which
-applies `sample_fn` to the decoded dicts (`groundtruth_classes`,
-`groundtruth_is_crowd`, ...) after file shuffling and decoding and before parsing;
-for training the stream already repeats, so the per-image draw happens again on
-every pass. With `DataConfig.cache = True` the reader caches *after* `sample_fn`,
-which freezes the first pass's draws (still right on average, but the same copies
-every epoch).
+The tf.data functions work on one of two kinds of stream, chosen by `on`:
+
+* ``on="records"`` (what training uses): serialized `tf.train.Example` strings. Only
+  `image/object/class/label` and `image/object/is_crowd` are parsed to decide the
+  draws (`record_classes`), so the repeat-factor shuffle buffer holds encoded records
+  and class-aware sampling filters encoded records; images and masks are decoded once,
+  after sampling, per drawn example. `tfmaskrcnn.dataloaders.input_reader.SamplingInputReader`
+  applies them to Model Garden's repeated training stream before its decoder.
+* ``on="decoded"``: decoded dicts (`groundtruth_classes`, optionally
+  `groundtruth_is_crowd`), as Model Garden's `InputReader(sample_fn=...)` sees them after
+  decoding. This was the training path before; its shuffle buffer holds decoded images
+  and full-size masks and class-aware sampling decodes the stream once per class. Kept for
+  decoders whose labels are not integer ids in the record (the label-map decoder) and for
+  the memory benchmark (`benchmarks/sampler_memory.py`).
+
+For training the stream already repeats, so the per-image draw happens again on every
+pass. With `DataConfig.cache = True` the reader caches *after* parsing, which freezes
+the first pass's draws (still right on average, but the same copies every epoch).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -120,6 +131,11 @@ def expected_image_frequency_after(image_classes: Sequence[Iterable[int]], class
     return weighted / total
 
 
+RECORD_CLASS_KEY = "image/object/class/label"
+RECORD_CROWD_KEY = "image/object/is_crowd"
+ON = ("records", "decoded")
+
+
 def _non_crowd_classes(tf, element):
     classes = tf.cast(tf.reshape(element["groundtruth_classes"], [-1]), tf.int32)
     if "groundtruth_is_crowd" in element:
@@ -128,18 +144,81 @@ def _non_crowd_classes(tf, element):
     return classes
 
 
-def make_repeat_factor_sample_fn(class_repeat: np.ndarray, seed: Optional[int] = None, shuffle_buffer: int = 64):
-    """`fn(dataset) -> dataset` for `InputReader(sample_fn=...)`: repeat-factor sampling.
+def record_classes(serialized):
+    """Non-crowd class ids of one serialized tf.Example, parsing only the two label features.
 
-    Each element (a decoded dict with `groundtruth_classes`, optionally
-    `groundtruth_is_crowd`) is emitted floor(r) or floor(r) + 1 times, drawn per
-    element, then shuffled with a `shuffle_buffer` so copies do not sit together.
+    The image and the masks stay encoded: this is the cheap look at a record the record
+    samplers decide on. A record without `is_crowd` counts every instance.
+    """
+    import tensorflow as tf
+
+    features = tf.io.parse_single_example(
+        serialized,
+        {
+            RECORD_CLASS_KEY: tf.io.VarLenFeature(tf.int64),
+            RECORD_CROWD_KEY: tf.io.VarLenFeature(tf.int64),
+        },
+    )
+    classes = tf.cast(tf.sparse.to_dense(features[RECORD_CLASS_KEY]), tf.int32)
+    crowd = tf.sparse.to_dense(features[RECORD_CROWD_KEY])
+    # As Model Garden's decoder: is_crowd when the record has it (one entry per instance), else none.
+    is_crowd = tf.cond(
+        tf.equal(tf.size(crowd), tf.size(classes)),
+        lambda: tf.cast(crowd, tf.bool),
+        lambda: tf.zeros_like(classes, tf.bool),
+    )
+    return tf.boolean_mask(classes, tf.logical_not(is_crowd))
+
+
+def _classes_fn(on: str):
+    if on not in ON:
+        raise ValueError(
+            f"sampling runs on {ON[0]!r} (serialized tf.Examples) or {ON[1]!r} (decoded dicts), got {on!r}"
+        )
+    if on == "records":
+        return record_classes
+    import tensorflow as tf
+
+    return lambda element: _non_crowd_classes(tf, element)
+
+
+def shard_class_ids(records, num_classes: int, batch_size: int = 256) -> List[int]:
+    """Class ids 1..K with at least one non-crowd instance in a finite stream of serialized records.
+
+    One pass that parses only the labels (`record_classes`): how a host checks its own shard
+    before class-aware sampling, whose stream for an absent class would never yield.
+    """
+    import tensorflow as tf
+
+    present = np.zeros(num_classes + 1, dtype=bool)
+    with tf.init_scope():  # eager even when a dataset function is traced
+        labels = records.map(record_classes, num_parallel_calls=tf.data.AUTOTUNE).ragged_batch(batch_size)
+        batches = [np.asarray(batch.flat_values, dtype=np.int64) for batch in labels.prefetch(2)]
+    for values in batches:
+        if values.size:
+            if values.min() < 1 or values.max() > num_classes:
+                bad = values[(values < 1) | (values > num_classes)][0]
+                raise ValueError(f"class id {int(bad)} is outside 1..{num_classes} (0 is background)")
+            present[values] = True
+    return [int(c) for c in np.flatnonzero(present[1:]) + 1]
+
+
+def make_repeat_factor_sample_fn(
+    class_repeat: np.ndarray, seed: Optional[int] = None, shuffle_buffer: int = 64, on: str = "decoded"
+):
+    """`fn(dataset) -> dataset`: repeat-factor sampling.
+
+    Each element (`on="decoded"`: a decoded dict with `groundtruth_classes`, optionally
+    `groundtruth_is_crowd`; `on="records"`: a serialized tf.Example) is emitted floor(r)
+    or floor(r) + 1 times, drawn per element, then shuffled with a `shuffle_buffer` so
+    copies do not sit together (on records the buffer holds encoded records).
     No global state: every host applies it to its own shard. `seed` makes the
     draws and the shuffle reproducible (give each host its own, e.g. seed + host
     index, if hosts should not share the random stream).
     """
     import tensorflow as tf
 
+    classes_of = _classes_fn(on)
     factors = np.asarray(class_repeat, dtype=np.float32)
     if factors.ndim != 1 or factors.size == 0 or np.any(factors < 1):
         raise ValueError(f"class_repeat must be K factors >= 1, got {factors.tolist()}")
@@ -148,7 +227,7 @@ def make_repeat_factor_sample_fn(class_repeat: np.ndarray, seed: Optional[int] =
     table = tf.constant(np.concatenate([[1.0], factors]).astype(np.float32))
 
     def copies(element, random_bits):
-        classes = _non_crowd_classes(tf, element)
+        classes = classes_of(element)
         in_range = tf.debugging.assert_less_equal(
             tf.reduce_max(tf.concat([[0], classes], 0)),
             num_classes,
@@ -165,7 +244,7 @@ def make_repeat_factor_sample_fn(class_repeat: np.ndarray, seed: Optional[int] =
 
     def sample_fn(dataset):
         draws = tf.data.Dataset.random(seed=seed)
-        dataset = tf.data.Dataset.zip((dataset, draws)).map(copies)
+        dataset = tf.data.Dataset.zip((dataset, draws)).map(copies, num_parallel_calls=tf.data.AUTOTUNE)
         dataset = dataset.flat_map(lambda element, count: tf.data.Dataset.from_tensors(element).repeat(count))
         if shuffle_buffer > 1:
             dataset = dataset.shuffle(shuffle_buffer, seed=seed)
@@ -174,22 +253,28 @@ def make_repeat_factor_sample_fn(class_repeat: np.ndarray, seed: Optional[int] =
     return sample_fn
 
 
-def make_class_aware_sample_fn(num_classes: int, seed: Optional[int] = None, class_ids: Optional[Sequence[int]] = None):
+def make_class_aware_sample_fn(
+    num_classes: int, seed: Optional[int] = None, class_ids: Optional[Sequence[int]] = None, on: str = "decoded"
+):
     """`fn(dataset) -> dataset`: class-aware sampling (Shen et al. 2016).
 
     Each output element picks a class uniformly among `class_ids` (default 1..K),
     then the next image of the stream that contains it: one filtered stream per
     class, mixed by `tf.data.Dataset.sample_from_datasets`.
 
-    Cost: every class stream reads and decodes the input on its own, and finds an
-    image of class c after about 1 / f(c) decodes, so each sampled image costs
-    (1/K) sum_c 1/f(c) decodes (7.2 for f = 0.975/0.145/0.073) instead of 1 for
-    repeat-factor sampling. The input must repeat (training), and every class in
-    `class_ids` must occur in this host's shard: a stream for an absent class
-    never yields and the pipeline would wait forever. Pass the ids of classes with
-    images (`ClassStats.present_class_ids()`).
+    Cost: every class stream reads the input on its own and finds an image of class c
+    after about 1 / f(c) elements, so each sampled image costs (1/K) sum_c 1/f(c) reads
+    (7.2 for f = 0.975/0.145/0.073). With `on="records"` those are label-only parses
+    of serialized records and the drawn record is decoded once, after sampling; with
+    `on="decoded"` every one of them is a full image decode. The input must repeat
+    (training), and every class in `class_ids` must occur in this host's shard: a
+    stream for an absent class never yields and the pipeline would wait forever. Pass
+    the ids of classes with images in the shard (`shard_class_ids`, or
+    `ClassStats.present_class_ids()` when the host reads all the data).
     """
     import tensorflow as tf
+
+    classes_of = _classes_fn(on)
 
     ids = list(range(1, num_classes + 1)) if class_ids is None else [int(c) for c in class_ids]
     if not ids:
@@ -198,7 +283,7 @@ def make_class_aware_sample_fn(num_classes: int, seed: Optional[int] = None, cla
         _check_class_id(class_id, num_classes)
 
     def contains(class_id):
-        return lambda element: tf.reduce_any(tf.equal(_non_crowd_classes(tf, element), class_id))
+        return lambda element: tf.reduce_any(tf.equal(classes_of(element), class_id))
 
     def sample_fn(dataset):
         streams = [dataset.filter(contains(class_id)) for class_id in ids]

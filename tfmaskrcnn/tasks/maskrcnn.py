@@ -25,7 +25,6 @@ from official.common import dataset_fn as dataset_fn_lib
 from official.core import task_factory
 from official.vision.dataloaders import (
     input_reader,
-    input_reader_factory,
     tf_example_decoder,
     tf_example_label_map_decoder,
 )
@@ -34,6 +33,7 @@ from official.vision.tasks import maskrcnn as mg_task
 from tfmaskrcnn import losses as losses_lib
 from tfmaskrcnn.augment import presets as augment_presets
 from tfmaskrcnn.configs import maskrcnn as configs
+from tfmaskrcnn.dataloaders import input_reader as reader_lib
 from tfmaskrcnn.dataloaders import parser as parser_lib
 from tfmaskrcnn.dataloaders import sampling
 from tfmaskrcnn.diagnostics import training_signals
@@ -150,22 +150,57 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
         )
 
     def _build_sample_fn(self, params, input_context=None):
-        """The training image sampler. Reads class statistics of the training data, so it runs
-        only in `build_inputs` of a training stream, never when the task is built."""
+        """The training image sampler, as `(record_sampler, sample_fn)` with at most one set.
+
+        `record_sampler` (for `SamplingInputReader`) draws on the serialized records before
+        decoding; `sample_fn` (Model Garden's, on decoded dicts) only for the label-map decoder,
+        whose records carry class names instead of ids. Reads class statistics of the training
+        data, so it runs only in `build_inputs` of a training stream, never when the task is built."""
         spec = getattr(params, "sampling", None)
         if not params.is_training or spec is None or spec.type == "none":
-            return None
+            return None, None
         seed = spec.seed
         if seed is not None and input_context is not None:
             seed += input_context.input_pipeline_id  # each host draws its own stream
         stats = experiment.load_training_stats(params.input_path)
+        num_classes = self.label_map.num_classes
+        on = "decoded" if params.decoder.type == "label_map_decoder" else "records"
         if spec.type == "class_aware":
             # Only classes present in the data: a class with no image would never yield.
-            return sampling.make_class_aware_sample_fn(
-                self.label_map.num_classes, seed=seed, class_ids=stats.present_class_ids()
-            )
+            present = stats.present_class_ids()
+            if on == "decoded":
+                return None, sampling.make_class_aware_sample_fn(num_classes, seed=seed, class_ids=present)
+
+            def class_aware(shard: reader_lib.Shard):
+                class_ids = present
+                if shard.kind == "records":  # a fixed shard of this host: check it has every class
+                    in_shard = set(sampling.shard_class_ids(shard.records(), num_classes))
+                    absent = [c for c in present if c not in in_shard]
+                    if absent:
+                        logging.warning(
+                            "Class-aware sampling: input pipeline %d of %d has no image of classes %s in its "
+                            "shard; sampling the other classes only (write more TFRecord files than workers, "
+                            "so each reads whole files, or use repeat_factor sampling).",
+                            shard.pipeline_id,
+                            shard.num_pipelines,
+                            [f"{c} ({self.label_map.name(c)})" for c in absent],
+                        )
+                    class_ids = [c for c in present if c in in_shard]
+                    if not class_ids:
+                        raise ValueError(
+                            f"class-aware sampling: input pipeline {shard.pipeline_id} of {shard.num_pipelines} "
+                            "has no labelled instance in its shard"
+                        )
+                return sampling.make_class_aware_sample_fn(num_classes, seed=seed, class_ids=class_ids, on=on)
+
+            return class_aware, None
         class_repeat = sampling.repeat_factors(stats.image_frequency(), spec.threshold)
-        return sampling.make_repeat_factor_sample_fn(class_repeat, seed=seed, shuffle_buffer=spec.shuffle_buffer_size)
+        repeat_fn = sampling.make_repeat_factor_sample_fn(
+            class_repeat, seed=seed, shuffle_buffer=spec.shuffle_buffer_size, on=on
+        )
+        if on == "decoded":
+            return None, repeat_fn
+        return (lambda shard: repeat_fn), None
 
     def build_inputs(
         self,
@@ -173,13 +208,16 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
         input_context: Optional[tf.distribute.InputContext] = None,
         dataset_fn: Optional[dataset_fn_lib.PossibleDatasetType] = None,
     ):
-        """Model Garden's input pipeline with our parser and an optional image sampler."""
-        reader = input_reader_factory.input_reader_generator(
+        """Model Garden's input pipeline with our parser and an optional image sampler, which draws
+        on the serialized records before the decoder (`tfmaskrcnn.dataloaders.input_reader`)."""
+        record_sampler, sample_fn = self._build_sample_fn(params, input_context)
+        reader = reader_lib.SamplingInputReader(
             params,
+            record_sampler=record_sampler,
             dataset_fn=dataset_fn or dataset_fn_lib.pick_dataset_fn(params.file_type),
             decoder_fn=self._build_decoder(params).decode,
             combine_fn=input_reader.create_combine_fn(params),
-            sample_fn=self._build_sample_fn(params, input_context),
+            sample_fn=sample_fn,
             parser_fn=self._build_parser(params).parse_fn(params.is_training),
         )
         return reader.read(input_context=input_context)
