@@ -117,9 +117,78 @@ def _ground_truth(args) -> tuple[Any, Any, Callable | None]:
     return coco_gt, label_map, groundtruth.tfrecord_image_loader(args.data)
 
 
+def _looks_like_json(path: str) -> bool:
+    if path.lower().endswith(".json"):
+        return True
+    if any(c in path for c in "*?[,") or not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip()
+    return head[:1] in (b"{", b"[")
+
+
+def _check_data_for_model(args) -> None:
+    """Item 5 of issue 12: a model runs on TFRecords; a COCO JSON as --data would fail deep in the
+    record reader (DataLossError). Say the command that converts it instead."""
+    if not (args.model_dir or args.saved_model) or not _looks_like_json(args.data):
+        return
+    source = f"--model_dir {args.model_dir}" if args.model_dir else f"--saved_model {args.saved_model}"
+    images = args.images or "IMAGES_DIR"
+    raise ValueError(
+        f"--data {args.data} is a COCO JSON, but running a model ({source}) needs the images, which "
+        "come from TFRecords. Convert it first, then pass the records:\n"
+        f"  tfmaskrcnn convert --annotations {args.data} --images {images} --output records/eval\n"
+        f"  tfmaskrcnn eval {source} --data 'records/eval/*.tfrecord' --output {args.output}\n"
+        "(a COCO JSON as --data works with --detections RESULTS.json)"
+    )
+
+
+def _model_label_map(args):
+    """The label map a model dir or an export was trained with, or None when it records none."""
+    from tfmaskrcnn.data.label_map import LABEL_MAP_FILENAME, LabelMap
+
+    if args.model_dir:
+        candidates = [os.path.join(args.model_dir, LABEL_MAP_FILENAME)]
+        params_path = os.path.join(args.model_dir, "params.yaml")
+        if os.path.exists(params_path):
+            import yaml
+
+            with open(params_path) as f:
+                path = ((yaml.safe_load(f) or {}).get("task") or {}).get("label_map_path")
+            if path:
+                candidates.append(path)
+    else:
+        candidates = [os.path.join(args.saved_model, "assets", LABEL_MAP_FILENAME)]
+    for path in candidates:
+        if os.path.exists(path):
+            return path, LabelMap.load(path)
+    return None, None
+
+
+def _check_model_label_map(args, label_map) -> None:
+    """Refuses data whose label map differs from the model's (names and order), naming the classes."""
+    if label_map is None or not (args.model_dir or args.saved_model):
+        return
+    from tfmaskrcnn.tasks import config_resolution
+
+    path, model_map = _model_label_map(args)
+    if model_map is None:
+        return
+    config_resolution.check_same_label_map(
+        model_map,
+        label_map,
+        f"the model ({path})",
+        f"--data {args.data}",
+        "Evaluate on records converted with the categories the model was trained with "
+        "(or pass that label map with --label_map if the ids are the same).",
+    )
+
+
 def main(args: argparse.Namespace) -> int:
     try:
+        _check_data_for_model(args)
         coco_gt, label_map, image_loader = _ground_truth(args)
+        _check_model_label_map(args, label_map)
         if args.detections:
             detections, source = _load_detections(args.detections), args.detections
         else:

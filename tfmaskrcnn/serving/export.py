@@ -250,6 +250,7 @@ def export_model(
     # The model dir's params.yaml was resolved when training started; only check it here
     # (the label map file), so that export never needs the training data.
     label_map = experiment.check_resolved(params.task)
+    check_checkpoint_label_map(label_map, params.task.label_map_path, checkpoint_path)
     size = list(input_image_size or params.task.model.input_size[:2])
 
     staging = f"{export_dir.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
@@ -301,6 +302,65 @@ def export_model(
             tf.io.gfile.rmtree(staging)
 
 
+def check_checkpoint_label_map(label_map, label_map_path: str, checkpoint_path: str) -> None:
+    """Refuses an export whose config's label map (the data's) differs from the one the checkpoint
+    was trained with: the label_map.json that training copies into the model dir, beside the
+    checkpoint (or one folder up, for the best-checkpoint subfolder)."""
+    import tensorflow as tf
+
+    from tfmaskrcnn.data.label_map import LABEL_MAP_FILENAME, LabelMap
+    from tfmaskrcnn.tasks import config_resolution as experiment
+
+    folder = os.path.dirname(checkpoint_path)
+    for candidate in (
+        os.path.join(folder, LABEL_MAP_FILENAME),
+        os.path.join(os.path.dirname(folder), LABEL_MAP_FILENAME),
+    ):
+        if tf.io.gfile.exists(candidate):
+            if os.path.abspath(candidate) == os.path.abspath(label_map_path or ""):
+                return
+            experiment.check_same_label_map(
+                LabelMap.load(candidate),
+                label_map,
+                f"the model dir ({candidate}, what the checkpoint was trained with)",
+                f"task.label_map_path ({label_map_path})",
+                "Export with the label map the model was trained with: "
+                f"--params_override task.label_map_path={candidate}",
+            )
+            return
+
+
+def best_checkpoint(params, model_dir: str) -> str:
+    """The checkpoint kept by Model Garden's best-checkpoint exporter (trainer.best_checkpoint_*)."""
+    import tensorflow as tf
+
+    subdir = params.trainer.best_checkpoint_export_subdir
+    if not subdir or not params.trainer.best_checkpoint_eval_metric:
+        raise ValueError(
+            f"{model_dir} was trained without a best checkpoint (trainer.best_checkpoint_export_subdir and "
+            "best_checkpoint_eval_metric are empty in its params.yaml): export the latest one (no --best), "
+            "or train with trainer.best_checkpoint_export_subdir=best_ckpt,best_checkpoint_eval_metric=mask_AP "
+            "in --mode train_and_eval"
+        )
+    folder = os.path.join(model_dir, subdir)
+    found = tf.train.latest_checkpoint(folder)
+    if not found:
+        raise FileNotFoundError(
+            f"{folder}: no best checkpoint yet; it is written after the first evaluation of "
+            "`--mode train_and_eval` (or continuous_eval)"
+        )
+    info = os.path.join(folder, "info.json")
+    if tf.io.gfile.exists(info):
+        with tf.io.gfile.GFile(info) as f:
+            logs = json.load(f)
+        metric = params.trainer.best_checkpoint_eval_metric
+        print(
+            f"best checkpoint {found}: {metric} {logs.get(metric, float('nan')):.4f} at step "
+            f"{int(logs.get('best_ckpt_global_step', -1))}"
+        )
+    return found
+
+
 def _params_from_args(args):
     from official.core import exp_factory
     from official.modeling import hyperparams
@@ -310,8 +370,15 @@ def _params_from_args(args):
 
     if args.model_dir:
         params = inference.load_params(os.path.join(args.model_dir, "params.yaml"))
-        checkpoint = args.checkpoint_path or inference.latest_checkpoint(args.model_dir)
+        if args.best:
+            if args.checkpoint_path:
+                raise ValueError("--best and --checkpoint_path both name a checkpoint: give one")
+            checkpoint = best_checkpoint(params, args.model_dir)
+        else:
+            checkpoint = args.checkpoint_path or inference.latest_checkpoint(args.model_dir)
     else:
+        if args.best:
+            raise ValueError("--best needs --model_dir (the training run whose best checkpoint to export)")
         params = exp_factory.get_exp_config(args.experiment)
         for config_file in args.config_file or []:
             params = hyperparams.override_params_dict(params, config_file, is_strict=True)
@@ -337,6 +404,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config_file", action="append", help="YAML over the experiment (repeatable)")
     parser.add_argument("--params_override", help="a YAML/JSON string over the config")
     parser.add_argument("--checkpoint_path", help="ckpt-N prefix or folder (default with --model_dir: latest)")
+    parser.add_argument(
+        "--best",
+        action="store_true",
+        help="with --model_dir: the best checkpoint by validation metric (trainer.best_checkpoint_*), not the latest",
+    )
     parser.add_argument("--export_dir", required=True, help="folder for the SavedModel")
     parser.add_argument(
         "--input_type",

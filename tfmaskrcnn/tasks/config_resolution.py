@@ -223,6 +223,62 @@ def check_long_tail_loss(task_config, read_data: bool = False) -> None:
         )
 
 
+class LabelMapMismatchError(ConfigError):
+    """Two label maps that must be the same (names and order) differ; the message names the classes."""
+
+
+def label_map_differences(expected: LabelMap, given: LabelMap, expected_what: str, given_what: str) -> list:
+    """Readable differences between two label maps (names and order), [] when they are the same."""
+    if tuple(expected.names) == tuple(given.names):
+        return []
+    differences = []
+    only_expected = [n for n in expected.names if n not in given.names]
+    only_given = [n for n in given.names if n not in expected.names]
+    if only_expected:
+        differences.append(f"only in {expected_what}: {only_expected}")
+    if only_given:
+        differences.append(f"only in {given_what}: {only_given}")
+    for class_id in range(1, min(expected.num_classes, given.num_classes) + 1):
+        a, b = expected.name(class_id), given.name(class_id)
+        if a != b and a in given.names and b in expected.names:
+            differences.append(f"class id {class_id} is {a!r} in {expected_what} but {b!r} in {given_what}")
+    if not differences:  # same names, other count cannot happen; keep a fallback line
+        differences.append(f"{expected_what} {list(expected.names)} vs {given_what} {list(given.names)}")
+    return differences
+
+
+def check_same_label_map(expected: LabelMap, given: LabelMap, expected_what: str, given_what: str, fix: str) -> None:
+    """Raises LabelMapMismatchError naming the classes that differ (names or order)."""
+    differences = label_map_differences(expected, given, expected_what, given_what)
+    if differences:
+        raise LabelMapMismatchError(
+            f"the label map of {given_what} differs from {expected_what} ({'; '.join(differences)}): "
+            f"per-class results would be reported under the wrong names. {fix}"
+        )
+
+
+def check_validation_label_map(task_config, label_map: LabelMap) -> None:
+    """The validation records' label_map.json (beside them) must equal the training one, names and order."""
+    pattern = first_input_pattern(task_config.validation_data.input_path)
+    if not pattern:
+        return
+    path = find_label_map(
+        ",".join(task_config.validation_data.input_path)
+        if isinstance(task_config.validation_data.input_path, (list, tuple))
+        else str(task_config.validation_data.input_path)
+    )
+    if not path or os.path.abspath(path) == os.path.abspath(task_config.label_map_path or ""):
+        return
+    check_same_label_map(
+        label_map,
+        LabelMap.load(path),
+        f"the training label map ({task_config.label_map_path})",
+        f"the validation records ({path})",
+        "Convert the validation split with the training categories (the same COCO categories list, "
+        "in the same order), or point task.validation_data.input_path at records converted with them.",
+    )
+
+
 def resolve_config(task_config) -> LabelMap:
     """Resolves label map, class count, validation count, class weights and sampling threshold.
 
@@ -230,6 +286,7 @@ def resolve_config(task_config) -> LabelMap:
     config cannot work.
     """
     label_map = resolve_label_map(task_config)
+    check_validation_label_map(task_config, label_map)
     check_num_classes(task_config, label_map)
     _fill_validation_count(task_config)
     _check_static(task_config)
