@@ -24,11 +24,14 @@ inside a `tf.data` map:
    pixel count, zeros for other extras, and `extras[PASTED_KEY]` True (False for the
    example's own instances: the preview draws pasted ones differently).
 
-Work per pasted instance is confined to its box plus the blur margin: the crop is warped
-straight into that region (one `ImageProjectiveTransformV3` call, bilinear, 4 channels:
-RGB and the mask), blended there, and the region is put back by concatenation, so the
-image outside it is copied, never recomputed. The full-image work is the mask cut and
-the box / pixel count pass over the instance masks, done once for all pastes.
+Speed: there is no branch per slot (a slot beyond n is a 1 x 1 box with an empty mask)
+and one batched warp (`ImageProjectiveTransformV3`, bilinear, 4 channels: RGB and mask)
+takes every crop straight to its target box plus the blur margin, its "region"; the
+blur is one batched separable pass of shifted slices. Each object is blended in its
+region only and put back by concatenation. The masks are cut in the window that holds
+all regions, and only the instances a paste touched get new boxes and pixel counts; the
+full-size work left is copying the image once and the masks about three times (the cut
+put back, the pasted masks padded, the two concatenated).
 
 Conventions are `augment.ops`': image uint8 (or float in [0, 255]) [H, W, 3], boxes
 normalized (ymin, xmin, ymax, xmax) [N, 4], masks float 0/1 [N, H, W], classes [N],
@@ -145,68 +148,62 @@ def make_bank(pixels, sizes, classes, class_probs) -> InstanceBank:
 
 
 def _blur_alpha(mask: tf.Tensor, sigma: float, radius: int) -> tf.Tensor:
-    """Separable Gaussian blur of a float [h, w] mask (zeros beyond it), snapped to 0 / 1."""
+    """Separable Gaussian blur of float masks [..., h, w] (zeros beyond them), snapped to 0 / 1.
+
+    Written as sums of shifted slices: on the small, differently sized regions of a paste
+    this is faster than `conv2d`, whose CPU kernel is set up again for every new shape.
+    """
     x = np.arange(-radius, radius + 1, dtype=np.float32)
     kernel = np.exp(-0.5 * np.square(x / sigma))
     kernel = (kernel / kernel.sum()).astype(np.float32)
-    out = tf.nn.conv2d(mask[None, :, :, None], kernel.reshape(-1, 1, 1, 1), 1, "SAME")
-    out = tf.nn.conv2d(out, kernel.reshape(1, -1, 1, 1), 1, "SAME")[0, :, :, 0]
+    height, width = tf.shape(mask)[-2], tf.shape(mask)[-1]
+    lead = [[0, 0]] * (len(mask.shape) - 2)
+    padded = tf.pad(mask, lead + [[radius, radius], [0, 0]])
+    out = tf.add_n([float(kernel[i]) * padded[..., i : i + height, :] for i in range(2 * radius + 1)])
+    padded = tf.pad(out, lead + [[0, 0], [radius, radius]])
+    out = tf.add_n([float(kernel[i]) * padded[..., i : i + width] for i in range(2 * radius + 1)])
     out = tf.where(out > 1.0 - _SNAP, 1.0, out)
     return tf.where(out < _SNAP, 0.0, out)
 
 
-def _paste_one(image, bank: InstanceBank, index, seed, params: CopyPasteParams):
-    """Pastes bank instance `index` into `image`.
+def _warp_slots(crops, th, tw, y0, x0, ry0, ry1, rx0, rx1, params: CopyPasteParams):
+    """Every slot's crop [K, S, S, 4] warped to its th x tw box at (y0, x0), seen in its region
+    (ry0:ry1, rx0:rx1), in one batched warp whose output is the largest region [RH, RW].
 
-    Returns (new image, 0/1 mask [H, W] float32, alpha [H, W], the warped object [h, w, 3] of
-    the region it was blended in, and that region's offset (y, x) [2]).
+    Returns (object RGB [K, RH, RW, 3] float, 0/1 masks [K, RH, RW] float, alphas [K, RH, RW]);
+    slot i's values are in [:ry1[i] - ry0[i], :rx1[i] - rx0[i]], zeros beyond.
     """
-    shape = tf.shape(image)
-    height, width = shape[0], shape[1]
-    hf, wf = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-    draws = tf.random.stateless_uniform([3], seed)
-    size = bank.sizes[index]
-    scale = params.scale_min + (params.scale_max - params.scale_min) * draws[0]
-    fit = tf.minimum(1.0, tf.minimum(hf / (size[0] * scale), wf / (size[1] * scale)))
-    th = tf.clip_by_value(tf.cast(tf.round(size[0] * scale * fit), tf.int32), 1, height)
-    tw = tf.clip_by_value(tf.cast(tf.round(size[1] * scale * fit), tf.int32), 1, width)
-    y0 = tf.minimum(tf.cast(draws[1] * tf.cast(height - th + 1, tf.float32), tf.int32), height - th)
-    x0 = tf.minimum(tf.cast(draws[2] * tf.cast(width - tw + 1, tf.float32), tf.int32), width - tw)
-    r = params.blur_radius
-    ry0, rx0 = tf.maximum(y0 - r, 0), tf.maximum(x0 - r, 0)
-    ry1, rx1 = tf.minimum(y0 + th + r, height), tf.minimum(x0 + tw + r, width)
-    rh, rw = ry1 - ry0, rx1 - rx0
-
-    crop = tf.cast(bank.pixels[index], tf.float32)  # [S, S, 4]
-    side = tf.cast(tf.shape(crop)[0], tf.float32)
+    side = tf.cast(tf.shape(crops)[1], tf.float32)
     sy, sx = side / tf.cast(th, tf.float32), side / tf.cast(tw, tf.float32)
-    # Output pixel (x, y) of the region -> crop pixel, pixel centres matched.
+    # Output pixel (x, y) of a region -> crop pixel, pixel centres matched.
     offset_x = (tf.cast(rx0 - x0, tf.float32) + 0.5) * sx - 0.5
     offset_y = (tf.cast(ry0 - y0, tf.float32) + 0.5) * sy - 0.5
-    transform = tf.stack([sx, 0.0, offset_x, 0.0, sy, offset_y, 0.0, 0.0])[None]
+    zeros = tf.zeros_like(sx)
     warped = tf.raw_ops.ImageProjectiveTransformV3(
-        images=crop[None],
-        transforms=transform,
-        output_shape=tf.stack([rh, rw]),
+        images=tf.cast(crops, tf.float32),
+        transforms=tf.stack([sx, zeros, offset_x, zeros, sy, offset_y, zeros, zeros], axis=1),
+        output_shape=tf.stack([tf.reduce_max(ry1 - ry0), tf.reduce_max(rx1 - rx0)]),
         fill_value=tf.constant(0.0),
         interpolation="BILINEAR",
         fill_mode="NEAREST",  # edge colours, not black, at the box border; the mask is cut to the box below
-    )[0]
-    ys = tf.range(rh)[:, None] + ry0
-    xs = tf.range(rw)[None, :] + rx0
-    in_box = (ys >= y0) & (ys < y0 + th) & (xs >= x0) & (xs < x0 + tw)
-    mask = tf.cast((warped[..., 3] >= 127.5) & in_box, tf.float32)
-    alpha = _blur_alpha(mask, params.blend_sigma, r) if r > 0 else mask
+    )
+    shape = tf.shape(warped)
+    ys = tf.range(shape[1])[None, :, None] + (ry0 - y0)[:, None, None]  # relative to the box
+    xs = tf.range(shape[2])[None, None, :] + (rx0 - x0)[:, None, None]
+    in_box = (ys >= 0) & (ys < th[:, None, None]) & (xs >= 0) & (xs < tw[:, None, None])
+    masks = tf.cast((warped[..., 3] >= 127.5) & in_box, tf.float32)
+    r = params.blur_radius
+    alphas = _blur_alpha(masks, params.blend_sigma, r) if r > 0 else masks
+    return warped[..., :3], masks, alphas
 
-    # Blend inside the region only; the rest of the image is copied, not recomputed.
-    region = tf.cast(image[ry0:ry1, rx0:rx1], tf.float32)
-    a = alpha[..., None]
-    blended = ops.clip_cast_like(region * (1.0 - a) + warped[..., :3] * a, image)
-    middle = tf.concat([image[ry0:ry1, :rx0], blended, image[ry0:ry1, rx1:]], axis=1)
-    new_image = tf.concat([image[:ry0], middle, image[ry1:]], axis=0)
-    full_mask = tf.pad(mask, [[ry0, height - ry1], [rx0, width - rx1]])
-    full_alpha = tf.pad(alpha, [[ry0, height - ry1], [rx0, width - rx1]])
-    return new_image, full_mask, full_alpha, warped[..., :3], tf.stack([ry0, rx0])
+
+def _put(values, part, y, x, axis: int = 0):
+    """`values` with `part` written at (y, x) of axes (axis, axis + 1): slices and concatenations, one copy."""
+    lead = (slice(None),) * axis
+    ph, pw = tf.shape(part)[axis], tf.shape(part)[axis + 1]
+    rows = lead + (slice(y, y + ph),)
+    middle = tf.concat([values[rows + (slice(None, x),)], part, values[rows + (slice(x + pw, None),)]], axis=axis + 1)
+    return tf.concat([values[lead + (slice(None, y),)], middle, values[lead + (slice(y + ph, None),)]], axis=axis)
 
 
 def copy_paste(
@@ -228,6 +225,10 @@ def copy_paste(
     largest weight of one pasted object in the output: 1 where a pixel is one object's alone,
     not blended with a later paste's soft edge) and `num_pasted`.
     `seed` is an int [2] tensor: the output is a pure function of the inputs and it.
+
+    All work but the final assembly of the masks is done in the window that holds the pastes
+    (the union of their boxes plus the blur margin): the image outside it is copied, the
+    example's masks are cut there, and only the instances a paste touched get new boxes.
     """
     if masks is None:
         raise ValueError("copy-paste needs instance masks: set task.model.include_mask: true")
@@ -239,20 +240,24 @@ def copy_paste(
     extras = {k: tf.convert_to_tensor(v) for k, v in (extras or {}).items()}
     num = tf.shape(classes)[0]
     height, width = tf.shape(image)[0], tf.shape(image)[1]
-    slots = params.max_instances
+    hf, wf = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    slots, r = params.max_instances, params.blur_radius
 
     def unchanged():
         out_extras = dict(extras)
         out_extras[PASTED_KEY] = tf.zeros([num], tf.bool)
         return {"image": image, "boxes": boxes, "masks": masks, "classes": classes, "extras": out_extras}
 
-    zeros_hw = tf.zeros(tf.stack([height, width]), tf.float32)
+    def no_layers():
+        zeros = tf.zeros(tf.stack([height, width]))
+        return {"alpha": zeros, "layer": tf.zeros(tf.stack([height, width, 3])), "top": zeros}
+
     if slots == 0:
         sample = unchanged()
         result = (sample["image"], sample["boxes"], sample["masks"], sample["classes"], sample["extras"])
-        layers = {"alpha": zeros_hw, "layer": tf.zeros(tf.stack([height, width, 3])), "num_pasted": tf.constant(0)}
-        return (result, layers) if return_layers else result
+        return (result, dict(no_layers(), num_pasted=tf.constant(0))) if return_layers else result
 
+    # ------------------------------------------------------------ draws and geometry, all slots at once
     sub = lambda i: tf.random.experimental.stateless_fold_in(seed, i)  # noqa: E731
     n = tf.random.stateless_uniform([], sub(_SEED_COUNT), 0, slots + 1, tf.int32)
     if params.max_total_instances is not None:
@@ -264,78 +269,123 @@ def copy_paste(
     indices = tf.gather(bank.class_start, pasted_classes) + tf.minimum(
         tf.cast(picks * tf.cast(count, tf.float32), tf.int32), count - 1
     )
-    pasted_masks, alphas, layers = [], [], []
-    out_image = image
-    for i in range(slots):
-
-        def paste(i=i, current=out_image):
-            new_image, mask, alpha, obj, offset = _paste_one(
-                current, bank, indices[i], tf.random.experimental.stateless_fold_in(sub(_SEED_PLACE), i), params
-            )
-            layer = zeros_hw[..., None]  # only drawn for `return_layers`
-            if return_layers:
-                below, right = height - offset[0] - tf.shape(obj)[0], width - offset[1] - tf.shape(obj)[1]
-                layer = tf.pad(obj, [[offset[0], below], [offset[1], right], [0, 0]])
-            return new_image, mask, alpha, layer
-
-        def skip(current=out_image):
-            layer = tf.zeros(tf.stack([height, width, 3])) if return_layers else zeros_hw[..., None]
-            return current, zeros_hw, zeros_hw, layer
-
-        out_image, mask, alpha, layer = tf.cond(i < n, paste, skip)
-        pasted_masks.append(mask)
-        alphas.append(alpha)
-        layers.append(layer)
+    draws = tf.random.stateless_uniform([slots, 3], sub(_SEED_PLACE))
+    sizes = tf.gather(bank.sizes, indices)
+    scale = params.scale_min + (params.scale_max - params.scale_min) * draws[:, 0]
+    fit = tf.minimum(1.0, tf.minimum(hf / (sizes[:, 0] * scale), wf / (sizes[:, 1] * scale)))
+    th = tf.clip_by_value(tf.cast(tf.round(sizes[:, 0] * scale * fit), tf.int32), 1, height)
+    tw = tf.clip_by_value(tf.cast(tf.round(sizes[:, 1] * scale * fit), tf.int32), 1, width)
+    y0 = tf.minimum(tf.cast(draws[:, 1] * tf.cast(height - th + 1, tf.float32), tf.int32), height - th)
+    x0 = tf.minimum(tf.cast(draws[:, 2] * tf.cast(width - tw + 1, tf.float32), tf.int32), width - tw)
+    ry0, rx0 = tf.maximum(y0 - r, 0), tf.maximum(x0 - r, 0)
+    ry1, rx1 = tf.minimum(y0 + th + r, height), tf.minimum(x0 + tw + r, width)
+    active = tf.range(slots) < n
+    wy0 = tf.reduce_min(tf.where(active, ry0, height))
+    wx0 = tf.reduce_min(tf.where(active, rx0, width))
+    wy1 = tf.reduce_max(tf.where(active, ry1, 0))
+    wx1 = tf.reduce_max(tf.where(active, rx1, 0))
+    # An inactive slot becomes a 1 x 1 box at the window's corner with nothing in it: no branch per slot.
+    th, tw = tf.where(active, th, 1), tf.where(active, tw, 1)
+    y0, ry0, ry1 = tf.where(active, y0, wy0), tf.where(active, ry0, wy0), tf.where(active, ry1, wy0 + 1)
+    x0, rx0, rx1 = tf.where(active, x0, wx0), tf.where(active, rx0, wx0), tf.where(active, rx1, wx0 + 1)
+    on = tf.cast(active, tf.float32)
 
     def apply():
-        # Each paste cuts what lies under it: the example's masks and earlier pastes.
-        union = zeros_hw
-        cut_pasted = []
-        for mask in reversed(pasted_masks):
-            cut_pasted.append(mask * (1.0 - union))
-            union = tf.maximum(union, mask)
-        cut_pasted = tf.stack(cut_pasted[::-1])[:n]
-        keep = tf.cast(1.0 - union, masks.dtype)
-        cut = masks * keep[None]
-        all_masks = tf.concat([cut, tf.cast(cut_pasted, masks.dtype)], axis=0)
-        new_boxes, pixels = ops.mask_statistics(all_masks)
-        touched = tf.reduce_any(tf.not_equal(cut, masks), axis=[1, 2])
-        touched = tf.concat([touched, tf.ones([n], tf.bool)], axis=0)
-        old_boxes = tf.concat([boxes, tf.zeros(tf.stack([n, 4]))], axis=0)
+        wh, ww = wy1 - wy0, wx1 - wx0
+        window = image[wy0:wy1, wx0:wx1]
+        canvas = tf.cast(window, tf.float32)
+        pasted_masks, alphas, objects = [], [], []
+        all_objects, all_masks, all_alphas = _warp_slots(
+            tf.gather(bank.pixels, indices), th, tw, y0, x0, ry0, ry1, rx0, rx1, params
+        )
+        all_masks, all_alphas = all_masks * on[:, None, None], all_alphas * on[:, None, None]
+        for i in range(slots):
+            rh, rw = ry1[i] - ry0[i], rx1[i] - rx0[i]
+            obj, mask, alpha = all_objects[i, :rh, :rw], all_masks[i, :rh, :rw], all_alphas[i, :rh, :rw]
+            oy, ox = ry0[i] - wy0, rx0[i] - wx0
+            part = canvas[oy : oy + rh, ox : ox + rw]
+            a = alpha[..., None]
+            canvas = _put(canvas, part * (1.0 - a) + obj * a, oy, ox)
+            padding = [[oy, wh - oy - rh], [ox, ww - ox - rw]]
+            pasted_masks.append(tf.pad(mask, padding))
+            if return_layers:
+                alphas.append(tf.pad(alpha, padding))
+                objects.append(tf.pad(obj, padding + [[0, 0]]))
+        new_image = _put(image, ops.clip_cast_like(canvas, image), wy0, wx0)
+
+        # Each paste cuts what lies under it: earlier pastes and the example's own masks.
+        stacked = tf.stack(pasted_masks)  # [slots, wh, ww]
+        later = tf.math.cumsum(stacked, axis=0, exclusive=True, reverse=True) > 0.5
+        pasted_cut = tf.where(later, 0.0, stacked)[:n]
+        union = tf.reduce_max(stacked, axis=0)
+        inside = masks[:, wy0:wy1, wx0:wx1]
+        removed = inside * tf.cast(union, masks.dtype)[None]
+        removed_pixels = tf.reduce_sum(tf.cast(removed, tf.float32), axis=[1, 2])
+        cut = _put(masks, inside - removed, wy0, wx0, axis=1)
+        # New boxes and pixel counts for the touched instances only.
+        touched = tf.where(removed_pixels > 0)[:, 0]
+        touched_boxes, touched_pixels = ops.mask_statistics(tf.gather(cut, touched))
+        new_boxes = tf.tensor_scatter_nd_update(boxes, touched[:, None], touched_boxes)
+        keep = tf.tensor_scatter_nd_update(
+            tf.ones([num], tf.bool), touched[:, None], touched_pixels >= params.min_instance_pixels
+        )
+        # The pasted instances' boxes, from the window to the image.
+        window_boxes, pasted_pixels = ops.mask_statistics(pasted_cut)
+        scale_box = tf.cast(tf.stack([wh, ww, wh, ww]), tf.float32)
+        shift_box = tf.cast(tf.stack([wy0, wx0, wy0, wx0]), tf.float32)
+        pasted_boxes = (window_boxes * scale_box + shift_box) / tf.stack([hf, wf, hf, wf])
+        full_pasted = tf.pad(tf.cast(pasted_cut, masks.dtype), [[0, 0], [wy0, height - wy1], [wx0, width - wx1]])
+
         out_extras = {}
         for key, value in extras.items():
             fill = tf.zeros(tf.concat([[n], tf.shape(value)[1:]], axis=0), value.dtype)
             out_extras[key] = tf.concat([value, fill], axis=0)
         if ops.AREA_KEY in extras:
             area = extras[ops.AREA_KEY]
-            before = tf.reduce_sum(tf.cast(masks, tf.float32), axis=[1, 2])
-            ratio = tf.where(before > 0, pixels[:num] / tf.maximum(before, 1.0), tf.ones_like(before))
-            out_extras[ops.AREA_KEY] = tf.concat(
-                [area * tf.cast(ratio, area.dtype), tf.cast(pixels[num:], area.dtype)], 0
+            before = touched_pixels + tf.gather(removed_pixels, touched)
+            ratio = tf.where(before > 0, touched_pixels / tf.maximum(before, 1.0), tf.ones_like(before))
+            area = tf.tensor_scatter_nd_update(
+                area, touched[:, None], tf.gather(area, touched) * tf.cast(ratio, area.dtype)
             )
+            out_extras[ops.AREA_KEY] = tf.concat([area, tf.cast(pasted_pixels, area.dtype)], axis=0)
         out_extras[PASTED_KEY] = tf.concat([tf.zeros([num], tf.bool), tf.ones([n], tf.bool)], axis=0)
         sample = {
-            "image": out_image,
-            "boxes": tf.where(touched[:, None], new_boxes, old_boxes),
-            "masks": all_masks,
+            "image": new_image,
+            "boxes": tf.concat([new_boxes, pasted_boxes], axis=0),
+            "masks": tf.concat([cut, full_pasted], axis=0),
             "classes": tf.concat([classes, tf.cast(pasted_classes[:n], classes.dtype)], axis=0),
             "extras": out_extras,
         }
-        return ops.drop_small_instances(sample, params.min_instance_pixels, 1.0, pixels)
+        keep = tf.concat([keep, pasted_pixels >= params.min_instance_pixels], axis=0)
+        sample = ops._cond_sample(  # pylint: disable=protected-access
+            tf.reduce_all(keep),
+            lambda: sample,
+            sample,
+            false_fn=lambda: ops._gather_instances(sample, tf.where(keep)[:, 0]),  # pylint: disable=protected-access
+        )
+        if not return_layers:
+            return sample
+        coverage, layer, top = (
+            tf.zeros(tf.stack([wh, ww])),
+            tf.zeros(tf.stack([wh, ww, 3])),
+            tf.zeros(tf.stack([wh, ww])),
+        )
+        for i, (alpha, obj) in enumerate(zip(alphas, objects)):  # "over" compositing in paste order
+            layer = layer * (1.0 - alpha[..., None]) + obj * alpha[..., None]
+            coverage = coverage + alpha * (1.0 - coverage)
+            visible = alpha
+            for later_alpha in alphas[i + 1 :]:
+                visible = visible * (1.0 - later_alpha)
+            top = tf.maximum(top, visible)
+        place = lambda x, extra=(): tf.pad(x, [[wy0, height - wy1], [wx0, width - wx1]] + list(extra))  # noqa: E731
+        return sample, {"alpha": place(coverage), "layer": place(layer, [[0, 0]]), "top": place(top)}
 
-    sample = tf.cond(n > 0, apply, unchanged)
+    if return_layers:
+        sample, layers = tf.cond(n > 0, apply, lambda: (unchanged(), no_layers()))
+    else:
+        sample = tf.cond(n > 0, apply, unchanged)
     result = (sample["image"], sample["boxes"], sample["masks"], sample["classes"], sample["extras"])
-    if not return_layers:
-        return result
-    coverage, layer, top = zeros_hw, tf.zeros(tf.stack([height, width, 3])), zeros_hw
-    for i, (alpha, obj) in enumerate(zip(alphas, layers)):  # "over" compositing in paste order
-        layer = layer * (1.0 - alpha[..., None]) + obj * alpha[..., None]
-        coverage = coverage + alpha * (1.0 - coverage)
-        visible = alpha
-        for later in alphas[i + 1 :]:
-            visible = visible * (1.0 - later)
-        top = tf.maximum(top, visible)
-    return result, {"alpha": coverage, "layer": layer, "top": top, "num_pasted": n}
+    return (result, dict(layers, num_pasted=n)) if return_layers else result
 
 
 def make_copy_paster(bank: InstanceBank, params: CopyPasteParams, base_seed: Optional[int] = None):
