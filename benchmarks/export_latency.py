@@ -78,17 +78,10 @@ def time_interleaved(detectors: dict, images: list, repeats: int, warmup: int = 
 
 
 def write_docs(text: str) -> None:
-    path = REPO / "docs" / "benchmarks.md"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION in old:
-        start = old.index(SECTION)
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, path)
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+    from bench_docs import replace_section
+
+    replace_section(SECTION, text)
 
 
 def main() -> int:

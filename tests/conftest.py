@@ -81,17 +81,15 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.line(line)
 
 
-@pytest.fixture(scope="session")
-def shapes_records(tmp_path_factory) -> dict:
-    """A small shapes dataset converted to TFRecords: {'train': glob, 'val': glob, 'dir': root}.
+def make_shapes_records(root: pathlib.Path, **generator_kwargs) -> dict:
+    """Shapes data under `root`, converted like real data: {'train': glob, 'val': glob, 'dir': root}.
 
-    Shared by every tiny-model test; it goes through the same converter as real data.
+    generator_kwargs go to `generate_shapes_dataset` (num_train, num_val, class_ratios, seed, ...).
     """
     from tfmaskrcnn.data import convert
     from tfmaskrcnn.data.shapes import generator as shapes
 
-    root = tmp_path_factory.mktemp("shapes")
-    shapes.generate_shapes_dataset(root / "coco", num_train=24, num_val=8, seed=1, progress=False)
+    shapes.generate_shapes_dataset(root / "coco", progress=False, **generator_kwargs)
     result = {"dir": root}
     for split in ("train", "val"):
         out = root / "records" / split
@@ -104,6 +102,12 @@ def shapes_records(tmp_path_factory) -> dict:
         )
         result[split] = str(out / "*.tfrecord")
     return result
+
+
+@pytest.fixture(scope="session")
+def shapes_records(tmp_path_factory) -> dict:
+    """A small shapes dataset converted to TFRecords, shared by every tiny-model test."""
+    return make_shapes_records(tmp_path_factory.mktemp("shapes"), num_train=24, num_val=8, seed=1)
 
 
 def _tiny_experiment(records: dict, train_steps: int = 2):

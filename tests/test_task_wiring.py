@@ -85,25 +85,11 @@ def test_task_classification_loss_is_the_weighted_one(shapes_records, tiny_exper
 @pytest.fixture(scope="module")
 def imbalanced_records(tmp_path_factory) -> dict:
     """Shapes with one rare class (ratios 12:2:1), converted like real data."""
-    from tfmaskrcnn.data import convert
-    from tfmaskrcnn.data.shapes import generator as shapes
+    from conftest import make_shapes_records
 
-    root = tmp_path_factory.mktemp("imbalanced")
-    shapes.generate_shapes_dataset(
-        root / "coco", num_train=48, num_val=4, class_ratios=(12, 2, 1), seed=5, max_objects=3, progress=False
+    return make_shapes_records(
+        tmp_path_factory.mktemp("imbalanced"), num_train=48, num_val=4, class_ratios=(12, 2, 1), seed=5, max_objects=3
     )
-    records = {}
-    for split in ("train", "val"):
-        out = root / "records" / split
-        convert.convert_coco(
-            str(root / "coco" / "annotations" / f"instances_{split}.json"),
-            str(root / "coco" / split),
-            str(out),
-            num_shards=1,
-            progress=False,
-        )
-        records[split] = str(out / "*.tfrecord")
-    return records
 
 
 def _instance_shares(task, data_config, num_batches: int = 48) -> np.ndarray:

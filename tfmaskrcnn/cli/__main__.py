@@ -1,0 +1,5 @@
+import sys
+
+from tfmaskrcnn.cli import main
+
+sys.exit(main())
