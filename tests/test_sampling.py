@@ -302,7 +302,10 @@ def test_sampling_input_reader_samples_records_before_decoding(tmp_path):
         parser_fn=lambda decoded: tf.strings.to_number(decoded["source_id"], tf.int64),
     )
     length = int(20 * sum(sampling.image_repeat_factor(c, class_repeat) for c in images))
-    sampled = [int(i) for batch in reader.read().take(length // 64).as_numpy_iterator() for i in batch]
+    stream = reader.read()
+    # Still endless, as Model Garden's training stream: several workers then keep a static batch size.
+    assert stream.cardinality().numpy() == tf.data.INFINITE_CARDINALITY
+    sampled = [int(i) for batch in stream.take(length // 64).as_numpy_iterator() for i in batch]
     assert seen_specs == [tf.TensorSpec([], tf.string), tf.string]
     observed = sampling.class_image_frequency([images[i] for i in sampled], 3)
     expected = sampling.expected_image_frequency_after(images, class_repeat)

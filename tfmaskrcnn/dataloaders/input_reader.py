@@ -79,5 +79,11 @@ class SamplingInputReader(mg_input_reader.InputReader):
             )
         if dataset is None:
             dataset = self._read_data_source(self._matched_files, self._dataset_fn, input_context)
+        infinite = tf.get_static_value(dataset.cardinality()) == tf.data.INFINITE_CARDINALITY
         dataset = dataset.apply(self._record_sampler(self.shard(input_context)))
+        if infinite:
+            # flat_map / filter hide that the repeated stream is still endless. A distribution
+            # strategy over several workers then reads it with get_next_as_optional, which drops
+            # the static batch size (Model Garden's RoI sampler needs it): say so again.
+            dataset = dataset.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
         return super().read(input_context=input_context, dataset=dataset)
