@@ -1,6 +1,7 @@
 """`tfmaskrcnn export`: a SavedModel with the label map inside, verified against the checkpoint.
 
     tfmaskrcnn export --model_dir runs/shapes --export_dir exported/shapes
+    tfmaskrcnn export --model_dir runs/shapes --best --export_dir exported/shapes_best
     tfmaskrcnn export --experiment tfmaskrcnn_r50fpn_gpu --config_file my.yaml \\
         --checkpoint_path runs/r50/ckpt-90000 --export_dir exported/r50 --input_type image_bytes
 
@@ -9,6 +10,11 @@ One SavedModel holds three signatures, `image_tensor` (uint8 [B, H, W, 3]), `ima
 `serving_default` is the one named by --input_type. Outputs: see `tfmaskrcnn.serving.export_module`.
 The label map is the asset `assets/label_map.json`; params.yaml and export_report.json
 (the verification numbers) sit beside saved_model.pb.
+
+`--best` takes the checkpoint Model Garden's best-checkpoint exporter kept in the model dir
+(`trainer.best_checkpoint_export_subdir`, by `best_checkpoint_eval_metric`: validation mask AP in
+our experiments) instead of the latest. The model dir's label_map.json (what the checkpoint was
+trained with) must equal the config's label map, or nothing is exported.
 
 The export is written to a temporary folder, loaded back and run on sample images next to
 the in-memory model restored from the same checkpoint; only when boxes, scores, classes,
