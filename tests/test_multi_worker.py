@@ -99,7 +99,7 @@ def worker_main(config_path: str) -> None:
         task = task_factory.get_task(params.task, logging_dir=spec["model_dir"])
     dataset = strategy.distribute_datasets_from_function(lambda ctx: task.build_inputs(params.task.train_data, ctx))
     boxes = []
-    for _, labels in zip(range(3), dataset):
+    for _, (_, labels) in zip(range(3), dataset):
         for local in strategy.experimental_local_results(labels["gt_boxes"]):
             boxes.append(np.asarray(local.numpy()))
     np.savez(spec["out"], boxes=np.stack(boxes), seeds=np.array(seeds, dtype=np.int64), **weights)
