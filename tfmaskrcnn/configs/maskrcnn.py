@@ -108,6 +108,24 @@ class CopyPasteConfig(hyperparams.Config):
 
 
 @dataclasses.dataclass
+class ClassifierRetraining(hyperparams.Config):
+    """Decoupled classifier re-training (cRT, Kang et al. 2020): a second training stage.
+
+    When `init_checkpoint` is set (a ckpt-N prefix or a training run's folder), the task restores
+    every weight of the model from it, freezes everything except `trainable` (`logits`: the box
+    head's class-logit layer; `box_head`: the whole box head, its batch norms still frozen) and
+    trains with `sampling` (none | repeat_factor | class_aware) in place of
+    `train_data.sampling.type`. `steps` is the length of the stage and must equal
+    `trainer.train_steps` (the crt experiments check it). See `tfmaskrcnn.tasks.classifier_retraining`.
+    """
+
+    init_checkpoint: str = ""
+    steps: int = 0
+    sampling: str = "class_aware"
+    trainable: str = "logits"
+
+
+@dataclasses.dataclass
 class Parser(mg.Parser):
     augmentation: AugmentationConfig = dataclasses.field(default_factory=AugmentationConfig)
     copy_paste: CopyPasteConfig = dataclasses.field(default_factory=CopyPasteConfig)
@@ -133,6 +151,7 @@ class TfMaskRCNNTask(mg.MaskRCNNTask):
         default_factory=lambda: DataConfig(is_training=False, drop_remainder=False)
     )
     class_balance: ClassBalance = dataclasses.field(default_factory=ClassBalance)
+    classifier_retraining: ClassifierRetraining = dataclasses.field(default_factory=ClassifierRetraining)
     # Foreground accuracy, share of foreground RoIs called background and the predicted-class
     # histogram, logged while training: the earliest sign that the head collapses to one class.
     log_collapse_signals: bool = True
@@ -222,6 +241,34 @@ def tfmaskrcnn_shapes_cpu() -> cfg.ExperimentConfig:
             optimizer_config=_sgd([50, int(steps * 0.8)], [0.004, 0.02, 0.002]),  # see shapes_budget_override
         ),
         restrictions=_restrictions(),
+    )
+
+
+CRT_STEPS = 300
+
+
+@exp_factory.register_config_factory("tfmaskrcnn_shapes_cpu_crt")
+def tfmaskrcnn_shapes_cpu_crt() -> cfg.ExperimentConfig:
+    """cRT on a `tfmaskrcnn_shapes_cpu` run: restores it, retrains the class logits only for 300 steps
+    with class-aware sampling. Give the first stage's folder:
+
+        tfmaskrcnn train --experiment tfmaskrcnn_shapes_cpu_crt --mode train --model_dir runs/x_crt \\
+            --params_override task.classifier_retraining.init_checkpoint=runs/x,task.train_data.input_path=...
+
+    Another length: override `task.classifier_retraining.steps` and `trainer.train_steps` together.
+    """
+    params = tfmaskrcnn_shapes_cpu()
+    steps = CRT_STEPS
+    params.task.classifier_retraining = ClassifierRetraining(steps=steps, sampling="class_aware", trainable="logits")
+    params.trainer.train_steps = steps
+    params.trainer.validation_interval = steps
+    params.trainer.checkpoint_interval = steps
+    params.trainer.optimizer_config = _sgd([int(steps * 0.8)], [0.02, 0.002])
+    return cfg.ExperimentConfig(
+        runtime=params.runtime,
+        task=params.task,
+        trainer=params.trainer,
+        restrictions=_restrictions() + ["task.classifier_retraining.steps == trainer.train_steps"],
     )
 
 

@@ -37,6 +37,7 @@ from tfmaskrcnn.dataloaders import input_reader as reader_lib
 from tfmaskrcnn.dataloaders import parser as parser_lib
 from tfmaskrcnn.dataloaders import sampling
 from tfmaskrcnn.diagnostics import training_signals
+from tfmaskrcnn.tasks import classifier_retraining
 from tfmaskrcnn.tasks import config_resolution as experiment
 
 COLLAPSE_METRICS = ("fg_accuracy", "fg_predicted_background")
@@ -61,6 +62,7 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
                 unresolved,
             )
             self.label_map = experiment.resolve_config(params)
+        classifier_retraining.check_config(params)
         super().__init__(params, logging_dir=logging_dir, name=name)
 
     # ------------------------------------------------------------ init checkpoint
@@ -70,6 +72,8 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
         init_report.json in the model dir lists what was restored. Model Garden's trainer calls
         this only on a fresh start (no checkpoint in the model dir yet); a resumed run restores
         its own checkpoint instead."""
+        if self._restore_first_stage(model):
+            return
         if not self.task_config.init_checkpoint:
             return
         from tfmaskrcnn.tasks import checkpoint_init  # pylint: disable=g-import-not-at-top
@@ -80,6 +84,25 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
             modules=self.task_config.init_checkpoint_modules,
             report_dir=self.logging_dir,
         )
+
+    # ------------------------------------------------ classifier re-training (cRT)
+    def _restore_first_stage(self, model: tf_keras.Model) -> bool:
+        """A cRT stage (`task.classifier_retraining.init_checkpoint`) starts from every weight of the first."""
+        spec = self.task_config.classifier_retraining
+        if not classifier_retraining.enabled(spec):
+            return False
+        path = classifier_retraining.restore_all(model, spec.init_checkpoint)
+        logging.info("Classifier re-training: all weights restored from %s", path)
+        return True
+
+    def _freeze_for_retraining(self, model: tf_keras.Model) -> None:
+        """In a cRT stage only the class logits (or the box head) train; batch-norm statistics stay frozen."""
+        spec = self.task_config.classifier_retraining
+        if classifier_retraining.enabled(spec):
+            kept = classifier_retraining.freeze_except(
+                model, classifier_retraining.retrained_layers(model, spec.trainable)
+            )
+            logging.info("Classifier re-training: only %s train (%s)", ", ".join(kept), spec.trainable)
 
     # ---------------------------------------------------------------- inputs
     def _build_decoder(self, params):
@@ -156,7 +179,9 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
         decoding; `sample_fn` (Model Garden's, on decoded dicts) only for the label-map decoder,
         whose records carry class names instead of ids. Reads class statistics of the training
         data, so it runs only in `build_inputs` of a training stream, never when the task is built."""
-        spec = getattr(params, "sampling", None)
+        spec = classifier_retraining.sampling_spec(
+            self.task_config.classifier_retraining, getattr(params, "sampling", None), params.is_training
+        )
         if not params.is_training or spec is None or spec.type == "none":
             return None, None
         seed = spec.seed
@@ -227,6 +252,7 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
         """Model Garden's model; a stateful long-tail loss (seesaw, eqlv2, federated) is attached
         to it as `class_loss_state`, so that its running statistics checkpoint with the model."""
         model = super().build_model()
+        self._freeze_for_retraining(model)
         stages = self._long_tail_losses()
         if stages:
             model.class_loss_state = tf.Module(name="class_loss_state")
