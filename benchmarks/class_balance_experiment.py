@@ -47,6 +47,11 @@ SETTINGS = {
     "weights_inverse": {"task": {"class_balance": {"weighting": {"scheme": "inverse", "max_ratio": 10.0}}}},
     "augment_standard": {"task": {"train_data": {"parser": {"augmentation": {"preset": "standard"}}}}},
     "augment_light": {"task": {"train_data": {"parser": {"augmentation": {"preset": "light"}}}}},
+    # Instance-level oversampling: rare-class objects pasted into other images (issue 13).
+    "copy_paste": {"task": {"train_data": {"parser": {"copy_paste": {"enabled": True}}}}},
+    "copy_paste_sampling": {
+        "task": {"train_data": {"parser": {"copy_paste": {"enabled": True}}, "sampling": {"type": "repeat_factor"}}}
+    },
 }
 # Training class shares; the first class is the majority. `five` resembles the mixes users
 # report: one dominant class and minorities with 3-5% of the instances.
@@ -149,7 +154,7 @@ def run_one(args) -> None:
                         "input_path": records["train"],
                         "seed": args.seed,
                         "sampling": {"seed": args.seed},
-                        "parser": {"augmentation": {"seed": args.seed}},
+                        "parser": {"augmentation": {"seed": args.seed}, "copy_paste": {"seed": args.seed}},
                     },
                     "validation_data": {"input_path": records["val"]},
                 },
