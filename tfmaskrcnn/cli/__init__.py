@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "eval": ("tfmaskrcnn.cli.evaluate", "per-class evaluation of a checkpoint, SavedModel or results file"),
     "export": ("tfmaskrcnn.serving.export", "export a trained model as a SavedModel with its label map"),
     "predict": ("tfmaskrcnn.serving.predict", "run an exported SavedModel on images"),
+    "calibrate": ("tfmaskrcnn.cli.calibrate", "fit NorCal score calibration on validation data (calibration.json)"),
 }
 
 
@@ -54,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     module_name, help_text = SUBCOMMANDS[name]
     module = importlib.import_module(module_name)
     if hasattr(module, "main_argv"):
-        return int(module.main_argv([f"tfmaskrcnn {name}"] + argv[1:]) or 0)
+        try:
+            return int(module.main_argv([f"tfmaskrcnn {name}"] + argv[1:]) or 0)
+        except SystemExit as stop:
+            # absl prints the flags for --help and then exits with 1; asking for help is a success.
+            if stop.code == 1 and ("--help" in argv or "-h" in argv):
+                raise SystemExit(0) from None
+            raise
     parser = argparse.ArgumentParser(prog=f"tfmaskrcnn {name}", description=help_text)
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
