@@ -49,6 +49,20 @@ SETTINGS = {
     "augment_light": {"task": {"train_data": {"parser": {"augmentation": {"preset": "light"}}}}},
     # Instance-level oversampling: rare-class objects pasted into other images (issue 13).
     "copy_paste": {"task": {"train_data": {"parser": {"copy_paste": {"enabled": True}}}}},
+    # Long-tail losses of the box classifier (issue 14); eqlv2 and federated score with sigmoids.
+    "seesaw": {"task": {"class_balance": {"loss_type": "seesaw"}}},
+    "eqlv2": {
+        "task": {
+            "class_balance": {"loss_type": "eqlv2"},
+            "model": {"detection_generator": {"use_sigmoid_probability": True}},
+        }
+    },
+    "federated": {
+        "task": {
+            "class_balance": {"loss_type": "federated"},
+            "model": {"detection_generator": {"use_sigmoid_probability": True}},
+        }
+    },
     "copy_paste_sampling": {
         "task": {"train_data": {"parser": {"copy_paste": {"enabled": True}}, "sampling": {"type": "repeat_factor"}}}
     },
