@@ -9,13 +9,18 @@ The config is resolved against the data (label map, num_classes, class weights, 
 threshold, validation num_examples) here, once, before `params.yaml` is written, so the model
 dir records exactly what ran; the task, export and inference only check the resolved config
 (`config_resolution.check_resolved`) and never read the training data.
-Re-running on the same model dir resumes from its last checkpoint (Model Garden's trainer
-restores it).
+Re-running on the same model dir resumes from its last complete checkpoint (Model Garden's
+trainer restores it; a checkpoint damaged by a kill is set aside first, see
+`tfmaskrcnn.tasks.checkpoint_recovery`): step count and optimizer state continue, and the seeded
+input streams (train_data.seed, sampling.seed) are re-seeded with the resumed step, so a resumed
+run draws new images instead of replaying the first ones. A NaN or exploding loss stops the run
+with `TrainingDivergedError` naming the step and the likely causes; the last good checkpoint is kept.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import flags, logging
 from official.common import distribute_utils
@@ -25,6 +30,7 @@ from official.modeling import performance
 
 from tfmaskrcnn import registry_imports  # noqa: F401  (registers our experiments and task)
 from tfmaskrcnn.data.label_map import LABEL_MAP_FILENAME
+from tfmaskrcnn.tasks import checkpoint_recovery
 from tfmaskrcnn.tasks import config_resolution as experiment
 
 FLAGS = flags.FLAGS
@@ -45,6 +51,7 @@ def run(params, model_dir: str, mode: str, post_eval: bool = False):
         experiment.write_resolution_report(params.task, label_map, model_dir)
         # A copy beside the checkpoints keeps the model dir self-contained for eval and export.
         label_map.save(os.path.join(model_dir, LABEL_MAP_FILENAME))
+        _prepare_resume(params, model_dir)
     if params.runtime.mixed_precision_dtype:
         performance.set_mixed_precision_policy(params.runtime.mixed_precision_dtype)
     strategy = distribute_utils.get_distribution_strategy(
@@ -56,19 +63,63 @@ def run(params, model_dir: str, mode: str, post_eval: bool = False):
     with strategy.scope():
         task = task_factory.get_task(params.task, logging_dir=model_dir)
     logging.info("Classes: %s", ", ".join(label_map.names))
-    return train_lib.run_experiment(
+    guard = checkpoint_recovery.NonFiniteWeightsGuard(params, model_dir)
+    runner = train_lib.OrbitExperimentRunner(
         distribution_strategy=strategy,
         task=task,
         mode=mode,
         params=params,
         model_dir=model_dir,
         run_post_eval=post_eval or mode == "eval",
+        train_actions=[guard] if "train" in mode else None,
+    )
+    guard.trainer = runner.trainer
+    try:
+        return runner.run()
+    except RuntimeError as error:
+        if isinstance(error, checkpoint_recovery.TrainingDivergedError):
+            raise
+        if not str(error).startswith(checkpoint_recovery.DIVERGENCE_PREFIX):
+            raise
+        step = int(runner.trainer.global_step.numpy())
+        raise checkpoint_recovery.TrainingDivergedError(
+            checkpoint_recovery.divergence_message(
+                step, checkpoint_recovery.divergence_cause(str(error)), params, model_dir
+            )
+        ) from error
+
+
+def _prepare_resume(params, model_dir: str) -> None:
+    """Before a (re)start: the newest complete checkpoint is the one the index names, and the seeded
+    input streams move on with the resumed step instead of replaying the first images."""
+    resumed = checkpoint_recovery.repair_latest_checkpoint(model_dir)
+    if resumed is None:
+        logging.info("No checkpoint in %s: training starts at step 0", model_dir)
+        return
+    path, step = resumed
+    logging.info("Resuming from %s (step %s): step count and optimizer state are restored", path, step)
+    if not step:
+        return
+    data = params.task.train_data
+    if data.seed is not None:
+        data.seed = int(data.seed) + step
+    sampling = getattr(data, "sampling", None)
+    if sampling is not None and sampling.seed is not None:
+        sampling.seed = int(sampling.seed) + step
+    logging.info(
+        "Input seeds for the resumed stream: train_data.seed=%s, sampling.seed=%s",
+        data.seed,
+        getattr(sampling, "seed", None),
     )
 
 
 def main(_):
     params = train_utils.parse_configuration(FLAGS)
-    _, eval_logs = run(params, FLAGS.model_dir, FLAGS.mode)
+    try:
+        _, eval_logs = run(params, FLAGS.model_dir, FLAGS.mode)
+    except (checkpoint_recovery.TrainingDivergedError, experiment.ConfigError) as error:
+        print(f"tfmaskrcnn train: error: {error}", file=sys.stderr)
+        sys.exit(1)
     if eval_logs:
         from tfmaskrcnn.evaluation import summary  # pylint: disable=g-import-not-at-top
 

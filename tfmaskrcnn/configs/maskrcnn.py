@@ -238,6 +238,13 @@ def tfmaskrcnn_shapes_cpu() -> cfg.ExperimentConfig:
             summary_interval=50,
             checkpoint_interval=200,
             max_to_keep=2,
+            # Issue 12: the best checkpoint by validation mask AP is kept (`tfmaskrcnn export --best`);
+            # a NaN or a loss above the bound is retried once from the last checkpoint, then stops the run.
+            best_checkpoint_export_subdir="best_ckpt",
+            best_checkpoint_eval_metric="mask_AP",
+            best_checkpoint_metric_comp="higher",
+            loss_upper_bound=1000.0,
+            recovery_max_trials=1,
             optimizer_config=_sgd([50, int(steps * 0.8)], [0.004, 0.02, 0.002]),  # see shapes_budget_override
         ),
         restrictions=_restrictions(),
@@ -308,6 +315,12 @@ def _r50fpn_experiment(
             steps_per_loop=500,
             summary_interval=500,
             checkpoint_interval=2000,
+            best_checkpoint_export_subdir="best_ckpt",
+            best_checkpoint_eval_metric="mask_AP",
+            best_checkpoint_metric_comp="higher",
+            loss_upper_bound=1000.0,
+            recovery_begin_steps=500,  # after the warmup
+            recovery_max_trials=2,
             optimizer_config=optimization.OptimizationConfig(
                 {
                     "optimizer": {"type": "sgd", "sgd": {"momentum": 0.9}},
