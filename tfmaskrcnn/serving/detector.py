@@ -11,6 +11,7 @@ Export verification compares the two; evaluation and prediction turn either into
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
@@ -24,9 +25,13 @@ Detector = Callable[[np.ndarray], dict]
 
 
 class CheckpointDetector:
-    """The model of an experiment config, in this process, with a checkpoint's weights."""
+    """The model of an experiment config, in this process, with a checkpoint's weights.
 
-    def __init__(self, params, checkpoint_path: Optional[str] = None, model=None):
+    calibration: a NorCal `Calibration` (`tfmaskrcnn.serving.calibration`) applied to the class
+    logits, or None for the scores as trained; `calibrate` changes it later.
+    """
+
+    def __init__(self, params, checkpoint_path: Optional[str] = None, model=None, calibration=None):
         import tensorflow as tf
         from official.core import task_factory
         from official.vision.ops import anchor, preprocess_ops
@@ -79,13 +84,38 @@ class CheckpointDetector:
             }
 
         self._run = run
+        self.calibration = None
+        if calibration is not None:
+            self.calibrate(calibration)
 
     @classmethod
-    def from_model_dir(cls, model_dir: str, checkpoint_path: Optional[str] = None) -> "CheckpointDetector":
-        """params.yaml of a training run and its latest checkpoint (or `checkpoint_path`)."""
+    def from_model_dir(
+        cls, model_dir: str, checkpoint_path: Optional[str] = None, calibration: Any = "auto"
+    ) -> "CheckpointDetector":
+        """params.yaml of a training run and its latest checkpoint (or `checkpoint_path`).
+
+        calibration: "auto" applies the model dir's calibration.json when there is one (written by
+        `tfmaskrcnn calibrate`), None never; or a `Calibration`."""
+        from tfmaskrcnn.serving import calibration as norcal
+
         params = load_params(os.path.join(model_dir, "params.yaml"))
         checkpoint_path = checkpoint_path or latest_checkpoint(model_dir)
-        return cls(params, checkpoint_path)
+        if isinstance(calibration, str) and calibration == "auto":
+            calibration = norcal.find(model_dir)
+        return cls(params, checkpoint_path, calibration=calibration)
+
+    def calibrate(self, calibration) -> None:
+        """Applies NorCal to the class-logit bias (`tfmaskrcnn.serving.calibration`): a `Calibration`,
+        or None to go back to the trained scores. The model runs once first if its heads are not built."""
+        from tfmaskrcnn.serving import calibration as norcal
+
+        if calibration is not None:
+            norcal.check_classes(calibration, self.label_map.names, self.checkpoint_path or "the model")
+        if not norcal.is_built(self.model):
+            self(np.zeros((64, 64, 3), np.uint8))  # Keras creates (and restores) the heads' weights here
+        shift = calibration.shift() if calibration is not None else np.zeros(self.label_map.num_classes + 1)
+        norcal.apply_shift(self.model, shift)
+        self.calibration = calibration
 
     def __call__(self, image: np.ndarray) -> dict:
         outputs = {k: v.numpy() for k, v in self._run(np.asarray(image, np.uint8)).items()}
@@ -136,6 +166,7 @@ class SavedModelDetector:
         self._function = self.loaded.signatures[signature]
         self._input_name = next(iter(self._function.structured_input_signature[1]))
         self.label_map = saved_model_label_map(self.loaded, saved_model_dir)
+        self.calibration = saved_model_calibration(self.loaded)
 
     def raw(self, images: np.ndarray) -> dict:
         """All outputs of the signature for a uint8 batch [B, H, W, 3], as numpy."""
@@ -165,6 +196,14 @@ def saved_model_label_map(loaded: Any, saved_model_dir: str) -> LabelMap:
         else os.path.join(saved_model_dir, "assets", LABEL_MAP_FILENAME)
     )
     return LabelMap.load(path)
+
+
+def saved_model_calibration(loaded: Any):
+    """The NorCal calibration an export applies (`assets/calibration.json`), or None."""
+    from tfmaskrcnn.serving import calibration as norcal
+
+    asset = getattr(loaded, "calibration_asset", None)
+    return norcal.load(asset.asset_path.numpy().decode()) if asset is not None else None
 
 
 def load_params(params_path: str):
@@ -240,6 +279,12 @@ def detections_from_model(
         raise ValueError("data must be a TFRecord glob such as records/val/*.tfrecord")
     detector = CheckpointDetector.from_model_dir(model_dir) if model_dir else SavedModelDetector(saved_model)
     source = model_dir or saved_model
+    if detector.calibration is not None and progress:
+        print(
+            f"NorCal calibration applied: gamma {detector.calibration.gamma:g} ({detector.calibration.variant}; "
+            f"{'calibration.json of the model dir' if model_dir else 'assets/calibration.json of the export'})",
+            file=sys.stderr,
+        )
     _check_same_classes(detector.label_map, label_map, source)
     contiguous = list(range(1, detector.label_map.num_classes + 1))
     results: list[dict] = []

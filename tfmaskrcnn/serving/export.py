@@ -10,6 +10,9 @@ One SavedModel holds three signatures, `image_tensor` (uint8 [B, H, W, 3]), `ima
 `serving_default` is the one named by --input_type. Outputs: see `tfmaskrcnn.serving.export_module`.
 The label map is the asset `assets/label_map.json`; params.yaml and export_report.json
 (the verification numbers) sit beside saved_model.pb.
+With --model_dir, a NorCal calibration.json there (`tfmaskrcnn calibrate`) is applied: its
+shift is in the exported class-logit bias and the file is the asset `assets/calibration.json`
+(`--no_calibration` exports the scores as trained).
 
 `--best` takes the checkpoint Model Garden's best-checkpoint exporter kept in the model dir
 (`trainer.best_checkpoint_export_subdir`, by `best_checkpoint_eval_metric`: validation mask AP in
@@ -224,8 +227,12 @@ def export_model(
     verify: bool = True,
     verify_images: Optional[Sequence[np.ndarray]] = None,
     overwrite: bool = False,
+    calibration=None,
 ) -> Optional[Verification]:
     """Exports, verifies and atomically publishes a SavedModel; returns the verification.
+
+    calibration: a NorCal `Calibration` baked into the class-logit bias and stored as
+    `assets/calibration.json` (the verification compares with the checkpoint calibrated alike).
 
     checkpoint_path: a ckpt-N prefix or a folder (its latest checkpoint). Raises
     ExportVerificationError (nothing written) when the export disagrees with the checkpoint.
@@ -264,6 +271,13 @@ def export_model(
     try:
         asset_file = os.path.join(asset_dir, LABEL_MAP_FILENAME)
         label_map.save(asset_file)
+        calibration_file = ""
+        if calibration is not None:
+            from tfmaskrcnn.serving import calibration as norcal
+
+            norcal.check_classes(calibration, label_map.names, "export")
+            calibration_file = os.path.join(asset_dir, norcal.CALIBRATION_FILENAME)
+            norcal.save(calibration, calibration_file)
         module = serving.TfMaskRCNNDetectionModule(
             params,
             label_map=label_map,
@@ -272,6 +286,8 @@ def export_model(
             batch_size=batch_size,
             input_image_size=size,
             input_type=input_type,
+            calibration=calibration,
+            calibration_file=calibration_file,
         )
         export_saved_model_lib.export_inference_graph(
             input_type=input_type,
@@ -285,7 +301,7 @@ def export_model(
         )
         verification = None
         if verify:
-            reference = CheckpointDetector(params, checkpoint_path)
+            reference = CheckpointDetector(params, checkpoint_path, calibration=calibration)
             verification = verify_export(staging, reference, verify_images or sample_images(), batch_size)
         report = {
             "checkpoint": checkpoint_path,
@@ -294,6 +310,9 @@ def export_model(
             "input_image_size": size,
             "full_masks": full_masks,
             "classes": list(label_map.names),
+            "calibration": None
+            if calibration is None
+            else {"gamma": calibration.gamma, "variant": calibration.variant, "class_counts": calibration.class_counts},
             "verification": dataclasses.asdict(verification) if verification else None,
         }
         with tf.io.gfile.GFile(os.path.join(staging, REPORT_FILENAME), "w") as f:
@@ -441,6 +460,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--verify_images", nargs="+", metavar="IMAGE", help="images for the verification (default: synthetic images)"
     )
     parser.add_argument("--no_verify", action="store_true", help="skip the comparison with the checkpoint")
+    parser.add_argument(
+        "--no_calibration",
+        action="store_true",
+        help="ignore the model dir's calibration.json (NorCal, `tfmaskrcnn calibrate`): export the scores as trained",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --export_dir")
 
 
@@ -457,6 +481,13 @@ def main(args: argparse.Namespace) -> int:
                 with Image.open(path) as image:
                     images.append(np.asarray(image.convert("RGB")))
         params, checkpoint = _params_from_args(args)
+        calibration = None
+        if args.model_dir and not args.no_calibration:
+            from tfmaskrcnn.serving import calibration as norcal
+
+            calibration = norcal.find(args.model_dir)
+            if calibration is not None:
+                print(f"applying the NorCal calibration of {args.model_dir} (gamma {calibration.gamma:g})")
         verification = export_model(
             params,
             checkpoint,
@@ -468,6 +499,7 @@ def main(args: argparse.Namespace) -> int:
             verify=not args.no_verify,
             verify_images=images,
             overwrite=args.overwrite,
+            calibration=calibration,
         )
     except ExportVerificationError as e:
         print(

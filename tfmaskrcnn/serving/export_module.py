@@ -14,7 +14,9 @@ Outputs of every signature (B images, N = max_num_detections):
   into the original image and thresholded at `mask_threshold` (0 on padding rows).
 
 The label map travels as the asset `assets/label_map.json`
-(`loaded.label_map_asset.asset_path` after `tf.saved_model.load`).
+(`loaded.label_map_asset.asset_path` after `tf.saved_model.load`). With a NorCal calibration
+the class-logit bias of the exported weights carries its shift (`tfmaskrcnn.serving.calibration`)
+and `assets/calibration.json` records γ and the class counts (`loaded.calibration_asset`).
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class TfMaskRCNNDetectionModule(detection.DetectionModule):
         label_map_file: str,
         full_masks: bool = False,
         mask_threshold: float = 0.5,
+        calibration=None,
+        calibration_file: str = "",
         **kwargs,
     ):
         if params.task.model.num_classes != label_map.num_classes + 1:
@@ -74,6 +78,11 @@ class TfMaskRCNNDetectionModule(detection.DetectionModule):
         self._class_names = tf.constant(["background"] + list(label_map.names))
         self._full_masks = full_masks
         self._mask_threshold = float(mask_threshold)
+        # NorCal: applied to the class-logit bias once the signatures have built (and restored) the heads.
+        self._calibration_shift = None
+        if calibration is not None:
+            self.calibration_asset = tf.saved_model.Asset(calibration_file)
+            self._calibration_shift = calibration.shift()
 
     def serve(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
         outputs = dict(super().serve(images))
@@ -103,6 +112,13 @@ class TfMaskRCNNDetectionModule(detection.DetectionModule):
     def get_inference_signatures(self, function_keys: Dict[Text, Text]) -> Mapping[Text, object]:
         """Model Garden's signatures; the one of this module's input type also as serving_default."""
         signatures = dict(super().get_inference_signatures(function_keys))
+        if self._calibration_shift is not None:
+            from tfmaskrcnn.serving import calibration as norcal  # pylint: disable=g-import-not-at-top
+
+            # Model Garden's export reads the checkpoint before asking for the signatures, and the
+            # heads' weights are created (and restored) while tracing them: the trained bias is in place.
+            norcal.apply_shift(self.model, self._calibration_shift)
+            self._calibration_shift = None
         if DEFAULT_SIGNATURE not in signatures and self._input_type in function_keys:
             signatures[DEFAULT_SIGNATURE] = signatures[function_keys[self._input_type]]
         return signatures
