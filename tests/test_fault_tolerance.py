@@ -19,8 +19,6 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "tfmaskrcnn")
 OPTIMIZER_ITERATIONS_KEY = "optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE"
 
@@ -71,6 +69,7 @@ def _steps(model_dir) -> list:
     return sorted(int(re.search(r"-(\d+)$", p).group(1)) for p in state.all_model_checkpoint_paths)
 
 
+@pytest.mark.slow
 def test_kill_9_then_the_same_command_resumes_from_the_newest_complete_checkpoint(shapes_records, tmp_path):
     import tensorflow as tf
 
@@ -140,6 +139,7 @@ def test_kill_9_then_the_same_command_resumes_from_the_newest_complete_checkpoin
     print("KILL TIMELINE", json.dumps(timeline))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_step_and_the_causes_and_keeps_the_last_good_checkpoint(
     shapes_records, tiny_experiment, tmp_path
 ):
@@ -168,6 +168,7 @@ def test_nan_loss_stops_with_the_step_and_the_causes_and_keeps_the_last_good_che
     assert checkpoint_recovery.verify_checkpoint(good) is None
 
 
+@pytest.mark.slow
 def test_best_checkpoint_by_mask_ap_is_kept_and_exported(shapes_records, tiny_experiment, tmp_path):
     import argparse
 
@@ -191,3 +192,31 @@ def test_best_checkpoint_by_mask_ap_is_kept_and_exported(shapes_records, tiny_ex
     with open(os.path.join(export_dir, export.REPORT_FILENAME)) as f:
         report = json.load(f)
     assert "/best_ckpt/best_ckpt-" in report["checkpoint"]
+
+
+def test_repair_falls_back_to_the_newest_complete_checkpoint(tmp_path):
+    """Fast: the index names a checkpoint whose data file was cut short; an unfinished save left files."""
+    import tensorflow as tf
+
+    from tfmaskrcnn.tasks import checkpoint_recovery
+
+    model_dir = str(tmp_path)
+    step = tf.Variable(0, dtype=tf.int64)
+    checkpoint = tf.train.Checkpoint(global_step=step, weights=tf.Variable(tf.zeros([4096])))
+    manager = tf.train.CheckpointManager(checkpoint, model_dir, max_to_keep=3)
+    assert checkpoint_recovery.repair_latest_checkpoint(model_dir) is None  # fresh start
+    for number in (3, 6, 9):
+        step.assign(number)
+        manager.save(checkpoint_number=number)
+    assert checkpoint_recovery.repair_latest_checkpoint(model_dir) == (os.path.join(model_dir, "ckpt-9"), 9)
+
+    data_file = tf.io.gfile.glob(os.path.join(model_dir, "ckpt-9.data-*"))[0]
+    with open(data_file, "r+b") as f:
+        f.truncate(os.path.getsize(data_file) // 2)
+    tf.io.gfile.copy(os.path.join(model_dir, "ckpt-9.index"), os.path.join(model_dir, "ckpt-12.index"))
+    assert checkpoint_recovery.repair_latest_checkpoint(model_dir) == (os.path.join(model_dir, "ckpt-6"), 6)
+    assert tf.train.latest_checkpoint(model_dir) == os.path.join(model_dir, "ckpt-6")
+    assert {"damaged-ckpt-9.index", "damaged-ckpt-12.index"} <= set(os.listdir(model_dir))
+    # Model Garden's CheckpointManager still sees the older checkpoints (max_to_keep keeps working).
+    again = tf.train.CheckpointManager(checkpoint, model_dir, max_to_keep=3)
+    assert [os.path.basename(p) for p in again.checkpoints] == ["ckpt-3", "ckpt-6"]
