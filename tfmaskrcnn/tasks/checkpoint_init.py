@@ -257,7 +257,8 @@ def initialize_from_checkpoint(
         elif match.key is None:
             missing.append(_entry(match))
         elif match.checkpoint_shape != match.shape:
-            if match.class_dependent:
+            # Outside the modules: state such as a long-tail loss's per-class running counts.
+            if match.class_dependent or match.module == "other":
                 reinitialized.append(
                     _entry(match, layer=_layer_name(match.variable), checkpoint_shape=match.checkpoint_shape)
                 )
