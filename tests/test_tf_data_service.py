@@ -33,7 +33,7 @@ def test_training_through_a_local_tf_data_service(shapes_records, tiny_experimen
     dispatcher_address = dispatcher.target.split("://")[1]
     worker = tf.data.experimental.service.WorkerServer(
         tf.data.experimental.service.WorkerConfig(
-            dispatcher_address=dispatcher_address, worker_address="127.0.0.1", port=0
+            dispatcher_address=dispatcher_address, worker_address="127.0.0.1:%port%", port=0
         )
     )
     try:
