@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Type
 
 import tensorflow as tf
 from absl import logging
@@ -84,21 +84,26 @@ class InitReport:
         return dataclasses.asdict(self)
 
 
-def resolve_checkpoint_path(path: str) -> str:
-    """A checkpoint prefix (ckpt-N) from a prefix or a folder (its latest checkpoint); local or gs://."""
+def resolve_checkpoint_path(
+    path: str, setting: str = "task.init_checkpoint", error: Type[Exception] = InitCheckpointError
+) -> str:
+    """A checkpoint prefix (ckpt-N) from a prefix or a folder (its latest checkpoint); local or gs://.
+
+    setting: the config field the path came from, named in the error; error: the exception raised.
+    """
     if not path:
-        raise InitCheckpointError("task.init_checkpoint is empty")
+        raise error(f"{setting} is empty")
     if tf.io.gfile.isdir(path):
         latest = tf.train.latest_checkpoint(path)
         if not latest:
-            raise InitCheckpointError(
-                f"task.init_checkpoint {path} is a folder without a checkpoint (no `checkpoint` index "
+            raise error(
+                f"{setting} {path} is a folder without a checkpoint (no `checkpoint` index "
                 "file naming a ckpt-N): point it at a ckpt-N prefix or a training folder"
             )
         return latest
     if not tf.io.gfile.exists(path + ".index"):
-        raise InitCheckpointError(
-            f"task.init_checkpoint {path}: no {path}.index; give a checkpoint prefix (such as "
+        raise error(
+            f"{setting} {path}: no {path}.index; give a checkpoint prefix (such as "
             ".../ckpt-1200, without .index) or the folder that holds it"
         )
     return path

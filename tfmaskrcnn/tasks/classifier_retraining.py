@@ -23,6 +23,8 @@ from typing import List
 import tensorflow as tf
 import tf_keras
 
+from tfmaskrcnn.tasks import checkpoint_init
+
 TRAINABLE = ("logits", "box_head")
 SAMPLING = ("none", "repeat_factor", "class_aware")
 
@@ -71,20 +73,9 @@ def sampling_spec(spec, data_sampling, is_training: bool):
 
 def checkpoint_path(path: str) -> str:
     """A ckpt-N prefix, or a training folder's latest checkpoint."""
-    if tf.io.gfile.isdir(path):
-        found = tf.train.latest_checkpoint(path)
-        if not found:
-            raise FileNotFoundError(
-                f"task.classifier_retraining.init_checkpoint {path}: no checkpoint (ckpt-N.index) in this folder; "
-                "train the first stage there first"
-            )
-        return found
-    if not tf.io.gfile.exists(path + ".index"):
-        raise FileNotFoundError(
-            f"task.classifier_retraining.init_checkpoint {path!r} not found (expected {path}.index): give the "
-            "first stage's model dir or a ckpt-N prefix in it"
-        )
-    return path
+    return checkpoint_init.resolve_checkpoint_path(
+        path, setting="task.classifier_retraining.init_checkpoint", error=FileNotFoundError
+    )
 
 
 def restore_all(model: tf_keras.Model, path: str) -> str:
