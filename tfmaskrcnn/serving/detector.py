@@ -10,6 +10,7 @@ Export verification compares the two; evaluation and prediction turn either into
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from typing import Any, Callable, Iterable, Optional
@@ -262,13 +263,16 @@ def detections_from_model(
     coco_gt: Any = None,
     label_map: Optional[LabelMap] = None,
     progress: bool = True,
+    detector: Optional[Any] = None,
+    max_images: Optional[int] = None,
 ) -> list[dict]:
     """COCO results of a checkpoint (model_dir) or a SavedModel on every record of `data`.
 
     image_id: the record's numeric image/source_id; category_id: the contiguous class id 1..K
     (what ground truth built from TFRecords uses); bbox in original pixels; RLE segmentation.
     label_map: the data's label map, checked against the model's classes. coco_gt: accepted
-    for the evaluation CLI; the images run are those of `data`.
+    for the evaluation CLI; the images run are those of `data`. detector: the model_dir's or
+    saved_model's detector when the caller has built it already; max_images: only the first records.
     """
     from tqdm import tqdm
 
@@ -277,7 +281,8 @@ def detections_from_model(
         raise ValueError("give exactly one of model_dir (a training run) or saved_model (an export)")
     if not data:
         raise ValueError("data must be a TFRecord glob such as records/val/*.tfrecord")
-    detector = CheckpointDetector.from_model_dir(model_dir) if model_dir else SavedModelDetector(saved_model)
+    if detector is None:
+        detector = CheckpointDetector.from_model_dir(model_dir) if model_dir else SavedModelDetector(saved_model)
     source = model_dir or saved_model
     if detector.calibration is not None and progress:
         print(
@@ -288,7 +293,8 @@ def detections_from_model(
     _check_same_classes(detector.label_map, label_map, source)
     contiguous = list(range(1, detector.label_map.num_classes + 1))
     results: list[dict] = []
-    for path, n, example in tqdm(_records(data), desc="running the model", unit=" images", disable=not progress):
+    records = itertools.islice(_records(data), max_images)
+    for path, n, example in tqdm(records, desc="running the model", unit=" images", disable=not progress):
         source_id = example["source_id"]
         source_id = source_id.decode() if isinstance(source_id, bytes) else str(source_id)
         if not source_id.isdigit():
