@@ -103,6 +103,9 @@ def test_collapse_verdict_is_an_error_and_the_report_round_trips():
     assert "ERROR    predicted_classes" in report.summary() and "exit 1" in report.summary()
     metrics["alarm"]["verdict"] = "warning"
     _only(doctor.check_predictions(metrics, "val/*"), "predicted_classes", WARNING)
+    metrics["alarm"] = {"verdict": "ok", "reasons": []}
+    finding = _only(doctor.check_predictions(metrics, "val/*"), "predicted_classes", INFO)
+    assert finding.evidence["predicted_per_class"] == {"a": 90, "b": 2}
 
 
 # ------------------------------------------------------------------ real tiny models

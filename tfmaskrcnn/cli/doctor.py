@@ -262,6 +262,7 @@ def _prediction_check(report, detector, model_dir, pattern, data_map, max_images
     if calibration is not None:  # predictions as served
         detector.calibrate(calibration)
     try:
+        # Boxes of every record (no images, no masks): cheap next to running the model on the sample.
         coco_gt = groundtruth.coco_from_tfrecords(pattern, data_map, include_mask=False, progress=progress)
         detections = inference.detections_from_model(
             model_dir=model_dir,
