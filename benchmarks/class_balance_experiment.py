@@ -24,6 +24,7 @@ whose result file exists is not repeated. The table goes to stdout and RESULTS/s
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -67,6 +68,11 @@ SETTINGS = {
         "task": {"train_data": {"parser": {"copy_paste": {"enabled": True}}, "sampling": {"type": "repeat_factor"}}}
     },
 }
+# Second-stage cures of the box classifier (issue 14), applied to a trained run of the base
+# setting with the same seed (trained first when its model dir is missing): `crt` re-trains the
+# class-logit layer for the crt experiment's 300 steps on a class-aware stream; `norcal` fits
+# NorCal's gamma on a balanced calibration split (not the validation split it is measured on).
+STAGED = {"crt": "stock", "norcal": "stock", "both_crt": "both", "both_norcal": "both"}
 # Training class shares; the first class is the majority. `five` resembles the mixes users
 # report: one dominant class and minorities with 3-5% of the instances.
 MIXES = {
@@ -88,31 +94,16 @@ def _shares_for(mix: str, setting: str) -> tuple:
     return tuple([1.0] * len(shares)) if setting == "reference" else shares
 
 
-def make_data(root: str, shares: tuple) -> dict:
-    """Shapes data with these training shares under root/<shares>/; the val split is balanced."""
-    from tfmaskrcnn.data import convert  # pylint: disable=g-import-not-at-top
-    from tfmaskrcnn.data.shapes import generator as shapes  # pylint: disable=g-import-not-at-top
+def make_data(root: str, shares: tuple, seed: int = 0) -> dict:
+    """Shapes data with these training shares under root/<shares>/; the val split is balanced.
 
-    data_dir = os.path.join(root, "data_" + "_".join(f"{s:g}" for s in shares))
-    records = {split: os.path.join(data_dir, "records", split) for split in ("train", "val")}
-    if not os.path.exists(os.path.join(records["val"], "label_map.json")):
-        shapes.generate_shapes_dataset(
-            os.path.join(data_dir, "shapes"),
-            num_train=NUM_TRAIN,
-            num_val=NUM_VAL,
-            class_ratios=shares,
-            seed=0,
-            progress=False,
-        )
-        for split in ("train", "val"):
-            convert.convert_coco(
-                os.path.join(data_dir, "shapes", "annotations", f"instances_{split}.json"),
-                os.path.join(data_dir, "shapes", split),
-                records[split],
-                num_shards=2,
-                progress=False,
-            )
-    return {split: os.path.join(path, "*.tfrecord") for split, path in records.items()}
+    Another seed draws other images (seed 1's balanced val split calibrates NorCal)."""
+    from tfmaskrcnn.data.shapes.records import write_shapes_records  # pylint: disable=g-import-not-at-top
+
+    name = "data_" + "_".join(f"{s:g}" for s in shares) + (f"_seed{seed}" if seed else "")
+    return write_shapes_records(
+        os.path.join(root, name), num_shards=2, num_train=NUM_TRAIN, num_val=NUM_VAL, class_ratios=shares, seed=seed
+    )
 
 
 def operating_point(model_dir: str, val_records: str) -> dict:
@@ -143,11 +134,16 @@ def operating_point(model_dir: str, val_records: str) -> dict:
     ratios = [result[f"det_share/{n}"] / result[f"gt_share/{n}"] for n in rows if result[f"gt_share/{n}"] > 0]
     result["over"] = max(ratios) if ratios else float("nan")
     result["eval_mask_AP"] = metrics["overall"].get("segm", {}).get("AP")
+    result["eval_box_AP"] = metrics["overall"].get("bbox", {}).get("AP")
     return result
 
 
-def run_one(args) -> None:
-    """One training run in this process; writes its per-class metrics as JSON."""
+def _model_dir(args, setting: str) -> str:
+    return os.path.join(args.output, f"{args.mix}_{args.steps}", "runs", f"{setting}_seed{args.seed}")
+
+
+def _train(args, setting: str, records: dict) -> dict:
+    """Trains `setting` (or, for a STAGED one, its second stage) into its model dir; returns the logs."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     import tf_keras  # pylint: disable=g-import-not-at-top
     from official.core import exp_factory  # pylint: disable=g-import-not-at-top
@@ -157,33 +153,62 @@ def run_one(args) -> None:
 
     tf_keras.utils.set_random_seed(args.seed)
     tf.random.set_seed(args.seed)
-    records = make_data(args.output, _shares_for(args.mix, args.setting))
-    params = exp_factory.get_exp_config("tfmaskrcnn_shapes_cpu")
-    steps = args.steps
-    params.override(
-        _merge(
-            {
-                "task": {
-                    "train_data": {
-                        "input_path": records["train"],
-                        "seed": args.seed,
-                        "sampling": {"seed": args.seed},
-                        "parser": {"augmentation": {"seed": args.seed}, "copy_paste": {"seed": args.seed}},
-                    },
-                    "validation_data": {"input_path": records["val"]},
-                },
-                "trainer": {"checkpoint_interval": steps},
+    data = {
+        "task": {
+            "train_data": {
+                "input_path": records["train"],
+                "seed": args.seed,
+                "sampling": {"seed": args.seed},
+                "parser": {"augmentation": {"seed": args.seed}, "copy_paste": {"seed": args.seed}},
             },
-            _merge(configs.shapes_budget_override(steps), SETTINGS[args.setting]),
-        ),
-        is_strict=True,
-    )
-    model_dir = os.path.join(args.output, f"{args.mix}_{steps}", "runs", f"{args.setting}_seed{args.seed}")
-    _, logs = train.run(params, model_dir, "train", post_eval=True)
+            "validation_data": {"input_path": records["val"]},
+        }
+    }
+    if setting in STAGED:  # the crt experiment keeps its own 300-step schedule
+        params = exp_factory.get_exp_config("tfmaskrcnn_shapes_cpu_crt")
+        base = STAGED[setting]
+        extra = _merge(SETTINGS[base], {"task": {"classifier_retraining": {"init_checkpoint": _model_dir(args, base)}}})
+    else:
+        params = exp_factory.get_exp_config("tfmaskrcnn_shapes_cpu")
+        extra = _merge(
+            {"trainer": {"checkpoint_interval": args.steps}},
+            _merge(configs.shapes_budget_override(args.steps), SETTINGS[setting]),
+        )
+    params.override(_merge(data, extra), is_strict=True)
+    _, logs = train.run(params, _model_dir(args, setting), "train", post_eval=True)
     result = {k: float(v) for k, v in logs.items() if np.ndim(v) == 0}
     result["class_weights"] = params.task.class_balance.weighting.weights
     result["sampling_threshold"] = params.task.train_data.sampling.threshold
-    result.update(operating_point(model_dir, records["val"]))
+    return result
+
+
+def _has_checkpoint(model_dir: str) -> bool:
+    return os.path.exists(os.path.join(model_dir, "checkpoint"))
+
+
+def run_one(args) -> None:
+    """One run in this process (a STAGED one also trains its base if that is missing); writes JSON."""
+    records = make_data(args.output, _shares_for(args.mix, args.setting))
+    stage = args.setting.rsplit("_", 1)[-1] if args.setting in STAGED else None
+    if stage and not _has_checkpoint(_model_dir(args, STAGED[args.setting])):
+        print(f"== training the base run {STAGED[args.setting]} seed {args.seed} first", flush=True)
+        _train(args, STAGED[args.setting], records)
+    if stage == "norcal":
+        from tfmaskrcnn.cli.calibrate import calibrate  # pylint: disable=g-import-not-at-top
+
+        model_dir = _model_dir(args, args.setting)
+        if not _has_checkpoint(model_dir):  # a copy, so the base run stays uncalibrated
+            shutil.copytree(_model_dir(args, STAGED[args.setting]), model_dir, dirs_exist_ok=True)
+        calibration_split = make_data(args.output, (1.0,) * len(MIXES[args.mix]), seed=1)["val"]
+        fitted = calibrate(model_dir, calibration_split, score_threshold=CONFIDENT, progress=False)
+        result = {"gamma": fitted.gamma}
+    else:
+        result = _train(args, args.setting, records)
+    point = operating_point(_model_dir(args, args.setting), records["val"])
+    result.update(point)
+    if stage == "norcal":  # Model Garden's post-training eval has no NorCal: the calibrated numbers
+        result.update({k[len("eval_") :]: v for k, v in point.items() if k.startswith("eval_mask_AP")})
+        result["AP"] = point["eval_box_AP"]
     path = _result_path(args.results, args.setting, args.seed)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as f:
@@ -277,7 +302,9 @@ def main() -> int:
     parser.add_argument("--mix", choices=list(MIXES), default="five")
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument(
+        "--settings", nargs="+", default=list(SETTINGS) + list(STAGED), choices=list(SETTINGS) + list(STAGED)
+    )
     parser.add_argument("--setting", help=argparse.SUPPRESS)  # internal: one run
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -28,29 +28,15 @@ SETTINGS = ("scratch", "finetuned")
 
 
 def make_data(root: str, name: str, classes, num_train: int, num_val: int) -> dict:
-    from tfmaskrcnn.data import convert  # pylint: disable=g-import-not-at-top
-    from tfmaskrcnn.data.shapes import generator as shapes  # pylint: disable=g-import-not-at-top
+    from tfmaskrcnn.data.shapes.records import write_shapes_records  # pylint: disable=g-import-not-at-top
 
-    data_dir = os.path.join(root, f"data_{name}_{num_train}")
-    records = {split: os.path.join(data_dir, "records", split) for split in ("train", "val")}
-    if not os.path.exists(os.path.join(records["val"], "label_map.json")):
-        shapes.generate_shapes_dataset(
-            os.path.join(data_dir, "shapes"),
-            num_train=num_train,
-            num_val=num_val,
-            seed=0 if name == "demo" else 100,
-            classes=classes,
-            progress=False,
-        )
-        for split in ("train", "val"):
-            convert.convert_coco(
-                os.path.join(data_dir, "shapes", "annotations", f"instances_{split}.json"),
-                os.path.join(data_dir, "shapes", split),
-                records[split],
-                num_shards=1,
-                progress=False,
-            )
-    return {split: os.path.join(path, "*.tfrecord") for split, path in records.items()}
+    return write_shapes_records(
+        os.path.join(root, f"data_{name}_{num_train}"),
+        num_train=num_train,
+        num_val=num_val,
+        seed=0 if name == "demo" else 100,
+        classes=classes,
+    )
 
 
 def _params(records: dict, steps: int, seed: int):

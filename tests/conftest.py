@@ -86,22 +86,9 @@ def make_shapes_records(root: pathlib.Path, **generator_kwargs) -> dict:
 
     generator_kwargs go to `generate_shapes_dataset` (num_train, num_val, class_ratios, seed, ...).
     """
-    from tfmaskrcnn.data import convert
-    from tfmaskrcnn.data.shapes import generator as shapes
+    from tfmaskrcnn.data.shapes.records import write_shapes_records
 
-    shapes.generate_shapes_dataset(root / "coco", progress=False, **generator_kwargs)
-    result = {"dir": root}
-    for split in ("train", "val"):
-        out = root / "records" / split
-        convert.convert_coco(
-            str(root / "coco" / "annotations" / f"instances_{split}.json"),
-            str(root / "coco" / split),
-            str(out),
-            num_shards=1,
-            progress=False,
-        )
-        result[split] = str(out / "*.tfrecord")
-    return result
+    return write_shapes_records(root, **generator_kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -29,24 +29,12 @@ def make_untrained_model_dir(tmp_dir) -> tuple:
     from official.core import exp_factory, train_utils
 
     import tfmaskrcnn.registry_imports  # noqa: F401
-    from tfmaskrcnn.data import convert
-    from tfmaskrcnn.data.shapes import generator as shapes
+    from tfmaskrcnn.data.shapes.records import write_shapes_records
     from tfmaskrcnn.serving.detector import CheckpointDetector
     from tfmaskrcnn.tasks import config_resolution as experiment
 
     root = str(tmp_dir)
-    shapes.generate_shapes_dataset(os.path.join(root, "coco"), num_train=6, num_val=4, seed=3, progress=False)
-    records = {}
-    for split in ("train", "val"):
-        out = os.path.join(root, "records", split)
-        convert.convert_coco(
-            os.path.join(root, "coco", "annotations", f"instances_{split}.json"),
-            os.path.join(root, "coco", split),
-            out,
-            num_shards=1,
-            progress=False,
-        )
-        records[split] = os.path.join(out, "*.tfrecord")
+    records = write_shapes_records(root, num_train=6, num_val=4, seed=3)
     params = exp_factory.get_exp_config("tfmaskrcnn_shapes_cpu")
     params.override(
         {"task": {"train_data": {"input_path": records["train"]}, "validation_data": {"input_path": records["val"]}}},

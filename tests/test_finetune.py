@@ -23,25 +23,12 @@ CLASS_LAYERS = {"detection-scores", "detection-boxes", "mask-logits"}
 
 @pytest.fixture(scope="module")
 def pretrain_records(tmp_path_factory) -> dict:
-    from tfmaskrcnn.data import convert
-    from tfmaskrcnn.data.shapes import generator as shapes
+    from tfmaskrcnn.data.shapes.records import write_shapes_records
 
     root = tmp_path_factory.mktemp("pretrain_shapes")
-    summary = shapes.generate_shapes_dataset(
-        root / "coco", num_train=12, num_val=4, seed=7, progress=False, classes=PRETRAIN_CLASSES
-    )
-    assert summary["categories"] == list(PRETRAIN_CLASSES)
-    records = {}
-    for split in ("train", "val"):
-        out = root / "records" / split
-        convert.convert_coco(
-            str(root / "coco" / "annotations" / f"instances_{split}.json"),
-            str(root / "coco" / split),
-            str(out),
-            num_shards=1,
-            progress=False,
-        )
-        records[split] = str(out / "*.tfrecord")
+    records = write_shapes_records(root, num_train=12, num_val=4, seed=7, classes=PRETRAIN_CLASSES)
+    label_map = json.loads((root / "records" / "train" / "label_map.json").read_text())
+    assert [c["name"] for c in label_map["classes"]] == list(PRETRAIN_CLASSES)
     return records
 
 
