@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   set up .venv, make the shapes dataset, convert it, train and evaluate on the CPU
+#   make demo   set up .venv; imbalanced shapes, a collapsed baseline, its cure, one report (demo_out/report.html)
 #   make test   set up .venv (with test tools), run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 demo: setup
-	$(PY) tools/demo.py --output $(DEMO_DIR)
+	$(PY) -m tfmaskrcnn demo --output $(DEMO_DIR)
 
 test: setup lint
 	$(PY) -m pytest -q -rs

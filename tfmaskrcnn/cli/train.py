@@ -36,11 +36,14 @@ from tfmaskrcnn.tasks import config_resolution as experiment
 FLAGS = flags.FLAGS
 
 
-def run(params, model_dir: str, mode: str, post_eval: bool = False):
+def run(params, model_dir: str, mode: str, post_eval: bool = False, train_actions=()):
     """Resolves, records and runs one experiment; returns (model, eval metrics).
 
     post_eval: evaluate once more after training and return the metrics (for `train`
     mode; `train_and_eval` already evaluates at the end of training).
+    train_actions: more Orbit train actions (called with each loop's output); one with a
+    `trainer` attribute gets the runner's trainer, as the weights guard does
+    (`console.TrainingProgress` shows a progress bar this way).
     """
     # The one place that reads the training data to fill in the config; the task built
     # below only checks it.
@@ -71,9 +74,11 @@ def run(params, model_dir: str, mode: str, post_eval: bool = False):
         params=params,
         model_dir=model_dir,
         run_post_eval=post_eval or mode == "eval",
-        train_actions=[guard] if "train" in mode else None,
+        train_actions=[guard, *train_actions] if "train" in mode else None,
     )
-    guard.trainer = runner.trainer
+    for action in (guard, *train_actions):
+        if hasattr(action, "trainer"):
+            action.trainer = runner.trainer
     try:
         return runner.run()
     except RuntimeError as error:
