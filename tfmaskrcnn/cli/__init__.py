@@ -1,7 +1,8 @@
 """The `tfmaskrcnn` command: one sub-command per tool.
 
     tfmaskrcnn train --experiment tfmaskrcnn_shapes_cpu --mode train_and_eval --model_dir runs/x ...
-    tfmaskrcnn convert | stats | shapes | show-augment | eval | export | predict ... --help
+    tfmaskrcnn convert | stats | shapes | audit | show-augment | eval | calibrate | export | predict
+    tfmaskrcnn doctor | demo ... --help
     tfmaskrcnn --version
 
 Each sub-command lives in its own module, which defines `add_arguments(parser)` and
@@ -29,6 +30,8 @@ SUBCOMMANDS = {
     "export": ("tfmaskrcnn.serving.export", "export a trained model as a SavedModel with its label map"),
     "predict": ("tfmaskrcnn.serving.predict", "run an exported SavedModel on images"),
     "calibrate": ("tfmaskrcnn.cli.calibrate", "fit NorCal score calibration on validation data (calibration.json)"),
+    "doctor": ("tfmaskrcnn.cli.doctor", "diagnose a trained model: label map, class head, settings, predicted classes"),
+    "demo": ("tfmaskrcnn.cli.demo", "the whole story on shapes: a one-class collapse, its cure, one HTML report"),
 }
 
 
