@@ -4,8 +4,8 @@
 
 1. an imbalanced shapes dataset (the first class holds ~88% of the training instances; the
    validation split is balanced), converted to TFRecords and audited;
-2. a baseline with Model Garden's stock settings, then the recommended cure (sqrt-inverse class
-   weights + repeat-factor sampling, docs/class_balance.md) at the same step budget;
+2. a baseline with Model Garden's stock settings, then the cure (inverse class weights capped at
+   10x + repeat-factor sampling, docs/class_balance.md) at the same step budget;
 3. per-class evaluation of both (box and mask AP, confusion matrix, collapse alarm), side by side;
 4. the doctor on the baseline;
 5. the cure exported as a SavedModel, which then predicts on a few validation images.
@@ -43,7 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="smallest settings: every stage runs in a few minutes, no cure shown"
     )
-    parser.add_argument("--steps", type=int, default=None, help="training steps of each run (default: 1000, quick: 6)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"training steps of each run (default {FULL['steps']}, with --quick {QUICK['steps']})",
+    )
     parser.add_argument("--verbose", action="store_true", help="keep TensorFlow's and Model Garden's own logs")
 
 
@@ -63,13 +68,13 @@ class _Stages:
 
 
 def main(args: argparse.Namespace) -> int:
+    start = time.monotonic()
     console.quiet_tensorflow_logs(args.verbose)
     settings = dict(QUICK if args.quick else FULL)
     if args.steps:
         settings["steps"] = args.steps
     out = args.output
     os.makedirs(out, exist_ok=True)
-    start = time.monotonic()
     stage = _Stages(total=10)
     ctx = demo_stages.Context(output=out, seed=args.seed, steps=settings["steps"], verbose=args.verbose, progress=True)
     native_log = None if args.verbose else os.path.join(out, "logs", "tensorflow.log")

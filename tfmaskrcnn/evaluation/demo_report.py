@@ -78,8 +78,8 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 th{background:#eee}td:first-child,td.text{text-align:left}.alarm{padding:.6em 1em;border-radius:6px;margin:.5em 0}
 .ok{background:#d4edda}.warning{background:#fff3cd}.collapse,.error{background:#f8d7da}.info{background:#e3f2fd}
 .up{color:#070}.down{color:#b00}.absent{color:#999}img{max-width:100%}.pair{display:flex;gap:1em;flex-wrap:wrap}
-.pair>div{flex:1;min-width:300px}.pred img{width:256px;image-rendering:pixelated;margin:2px}
-.pred figure{display:inline-block;margin:4px;vertical-align:top}.pred figcaption{font-size:80%;max-width:256px}
+.pair>div{flex:1;min-width:300px}.pred img{width:384px;margin:2px}
+.pred figure{display:inline-block;margin:4px;vertical-align:top}.pred figcaption{font-size:80%;max-width:384px}
 code{background:#f4f4f4;padding:0 3px}"""
 
 
@@ -181,9 +181,8 @@ def _doctor_section(doctor: Mapping | None) -> list[str]:
     parts.append("<table><tr><th>severity</th><th>check</th><th>what</th><th>evidence</th><th>fix</th></tr>")
     for f in findings:
         severity = str(f.get("severity", ""))
-        cells = "".join(
-            f"<td class='text'>{html.escape(str(f.get(k, '')))}</td>" for k in ("check", "what", "evidence", "fix")
-        )
+        texts = (f.get("check", ""), f.get("what", ""), _evidence(f.get("evidence")), f.get("fix", ""))
+        cells = "".join(f"<td class='text'>{html.escape(str(t))}</td>" for t in texts)
         parts.append(f"<tr><td class='text {html.escape(severity.lower())}'>{html.escape(severity)}</td>{cells}</tr>")
     parts.append("</table>")
     return parts
