@@ -84,6 +84,10 @@ def main(args: argparse.Namespace) -> int:
     except demo_stages.DemoError as error:
         print(f"tfmaskrcnn demo: error: {error}", file=sys.stderr)
         return 1
+    except BaseException:
+        if native_log:  # a crash may have left its native side there
+            print(f"tfmaskrcnn demo: TensorFlow's own log lines are in {native_log}", file=sys.stderr)
+        raise
     wall = time.monotonic() - start
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(dict(summary, wall_seconds=round(wall, 1)), f, indent=1)
