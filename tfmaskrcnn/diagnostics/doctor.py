@@ -468,7 +468,7 @@ def check_predictions(metrics: dict, data: str) -> list:
             + "; ".join(alarm.get("reasons", [])),
             evidence,
             "see the other findings for the cause; for real imbalance train with "
-            "task.class_balance.weighting.scheme effective_number and task.train_data.sampling.type repeat_factor, "
-            "then `tfmaskrcnn eval --model_dir ... --data ...` for the confusion matrix",
+            "task.class_balance.weighting.scheme inverse (or sqrt_inverse) and task.train_data.sampling.type "
+            "repeat_factor (measured in docs/class_balance.md and the demo), then `tfmaskrcnn eval --model_dir ... --data ...` for the confusion matrix",
         )
     ]
