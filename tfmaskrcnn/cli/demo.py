@@ -23,6 +23,7 @@ import os
 import sys
 import time
 
+from tfmaskrcnn import io
 from tfmaskrcnn.cli import console, demo_stages
 
 CLASS_SHARES = (0.88, 0.08, 0.04)  # training shares: square, circle, triangle
@@ -89,8 +90,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"tfmaskrcnn demo: TensorFlow's own log lines are in {native_log}", file=sys.stderr)
         raise
     wall = time.monotonic() - start
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(dict(summary, wall_seconds=round(wall, 1)), f, indent=1)
+    io.write_atomic(os.path.join(out, "summary.json"), json.dumps(dict(summary, wall_seconds=round(wall, 1)), indent=1))
     print(demo_stages.format_summary(summary))
     print(f"\nwall time {wall:.0f} s" + (f"; TensorFlow's own log lines: {native_log}" if native_log else ""))
     print(f"report: {os.path.join(out, 'report.html')}")
