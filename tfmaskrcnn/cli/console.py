@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Iterator, Mapping, TextIO
+from typing import Any, Callable, Iterator, Mapping, TextIO
 
 # Keys of the train output shown in the compact line, in this order, with short labels.
 SUMMARY_KEYS = (
@@ -30,26 +30,37 @@ SUMMARY_KEYS = (
 )
 
 
-def quiet_tensorflow_logs(verbose: bool = False) -> None:
+def quiet_tensorflow_logs(verbose: bool = False) -> Callable[[], None]:
     """Hides TensorFlow's C++ logs, its Python warnings and absl's INFO/WARNING lines unless `verbose`.
 
     Imports TensorFlow: its C++ log level is read at the first import, so this must run before
     anything else imports it (a level the user exported in TF_CPP_MIN_LOG_LEVEL is kept).
     Lines that native libraries write to the stderr file descriptor anyway (absl's C++ log, for
-    example) are kept off the console by `native_stderr_to`.
+    example) are kept off the console by `native_stderr_to`. Returns a function that puts the
+    Python-side levels and warning filters back, so that a caller in the same process (a test,
+    a notebook) gets its warnings again.
     """
     if verbose:
-        return
+        return lambda: None
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import warnings
 
     import tensorflow as tf
     from absl import logging as absl_logging
 
+    absl_level, tf_level = absl_logging.get_verbosity(), tf.get_logger().level
+    saved_filters = list(warnings.filters)
     absl_logging.set_verbosity(absl_logging.ERROR)
     tf.get_logger().setLevel("ERROR")
     for module in ("tensorflow", "tf_keras", "keras", "official", "orbit"):
         warnings.filterwarnings("ignore", module=module)
+
+    def restore() -> None:
+        absl_logging.set_verbosity(absl_level)
+        tf.get_logger().setLevel(tf_level)
+        warnings.filters[:] = saved_filters
+
+    return restore
 
 
 @contextlib.contextmanager

@@ -69,8 +69,15 @@ class _Stages:
 
 
 def main(args: argparse.Namespace) -> int:
+    restore_logs = console.quiet_tensorflow_logs(args.verbose)
+    try:
+        return _main(args)
+    finally:
+        restore_logs()
+
+
+def _main(args: argparse.Namespace) -> int:
     start = time.monotonic()
-    console.quiet_tensorflow_logs(args.verbose)
     settings = dict(QUICK if args.quick else FULL)
     if args.steps:
         settings["steps"] = args.steps
