@@ -71,8 +71,17 @@ SETTINGS = {
 # Second-stage cures of the box classifier (issue 14), applied to a trained run of the base
 # setting with the same seed (trained first when its model dir is missing): `crt` re-trains the
 # class-logit layer for the crt experiment's 300 steps on a class-aware stream; `norcal` fits
-# NorCal's gamma on a balanced calibration split (not the validation split it is measured on).
-STAGED = {"crt": "stock", "norcal": "stock", "both_crt": "both", "both_norcal": "both"}
+# NorCal's gamma on a balanced calibration split (not the validation split it is measured on),
+# choosing gamma by mean per-class AP, or, for `*_norcal_balance`, by the operating point
+# (`tfmaskrcnn calibrate --select balance`). setting -> (base setting, stage, calibrate's select).
+STAGED = {
+    "crt": ("stock", "crt", None),
+    "norcal": ("stock", "norcal", "ap"),
+    "norcal_balance": ("stock", "norcal", "balance"),
+    "both_crt": ("both", "crt", None),
+    "both_norcal": ("both", "norcal", "ap"),
+    "both_norcal_balance": ("both", "norcal", "balance"),
+}
 # Training class shares; the first class is the majority. `five` resembles the mixes users
 # report: one dominant class and minorities with 3-5% of the instances.
 MIXES = {
@@ -166,7 +175,7 @@ def _train(args, setting: str, records: dict) -> dict:
     }
     if setting in STAGED:  # the crt experiment keeps its own 300-step schedule
         params = exp_factory.get_exp_config("tfmaskrcnn_shapes_cpu_crt")
-        base = STAGED[setting]
+        base = STAGED[setting][0]
         extra = _merge(SETTINGS[base], {"task": {"classifier_retraining": {"init_checkpoint": _model_dir(args, base)}}})
     else:
         params = exp_factory.get_exp_config("tfmaskrcnn_shapes_cpu")
@@ -189,19 +198,19 @@ def _has_checkpoint(model_dir: str) -> bool:
 def run_one(args) -> None:
     """One run in this process (a STAGED one also trains its base if that is missing); writes JSON."""
     records = make_data(args.output, _shares_for(args.mix, args.setting))
-    stage = args.setting.rsplit("_", 1)[-1] if args.setting in STAGED else None
-    if stage and not _has_checkpoint(_model_dir(args, STAGED[args.setting])):
-        print(f"== training the base run {STAGED[args.setting]} seed {args.seed} first", flush=True)
-        _train(args, STAGED[args.setting], records)
+    base, stage, select = STAGED.get(args.setting, (None, None, None))
+    if stage and not _has_checkpoint(_model_dir(args, base)):
+        print(f"== training the base run {base} seed {args.seed} first", flush=True)
+        _train(args, base, records)
     if stage == "norcal":
         from tfmaskrcnn.cli.calibrate import calibrate  # pylint: disable=g-import-not-at-top
 
         model_dir = _model_dir(args, args.setting)
         if not _has_checkpoint(model_dir):  # a copy, so the base run stays uncalibrated
-            shutil.copytree(_model_dir(args, STAGED[args.setting]), model_dir, dirs_exist_ok=True)
+            shutil.copytree(_model_dir(args, base), model_dir, dirs_exist_ok=True)
         calibration_split = make_data(args.output, (1.0,) * len(MIXES[args.mix]), seed=1)["val"]
-        fitted = calibrate(model_dir, calibration_split, score_threshold=CONFIDENT, progress=False)
-        result = {"gamma": fitted.gamma}
+        fitted = calibrate(model_dir, calibration_split, score_threshold=CONFIDENT, progress=False, select=select)
+        result = {"gamma": fitted.gamma, "select": select}
     else:
         result = _train(args, args.setting, records)
     point = operating_point(_model_dir(args, args.setting), records["val"])

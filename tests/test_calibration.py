@@ -139,6 +139,31 @@ def test_table_row_has_the_operating_point_and_gamma_choice_prefers_small():
     assert norcal.choose_gamma(table) == 0.5
 
 
+def _row(gamma, mean_ap, max_ratio, confident=40):
+    point = {"confident_detections": confident, "max_share_ratio": max_ratio}
+    return {"gamma": gamma, "mean_per_class_AP": mean_ap, "operating_point": point}
+
+
+def test_balance_selection_keeps_the_gamma_that_over_predicts_least_not_the_best_ap():
+    # γ = 0.5 has the best AP but sends 2.4x its share to one class (the collapse moved, as
+    # measured on the 5-class mix); balance takes γ = 0.25, the best AP of the fair ones.
+    table = [
+        _row(0.0, 0.30, 2.50),
+        _row(0.25, 0.33, 1.31),
+        _row(0.5, 0.36, 2.40),
+        _row(0.75, 0.31, 1.28),
+        _row(1.5, 0.10, None, confident=0),  # nothing confident: never "balanced"
+    ]
+    assert norcal.choose_gamma(table, "ap") == 0.5
+    assert norcal.choose_gamma(table, "balance") == 0.25  # 1.31 is within 0.05 of 1.28, better AP
+    table[1] = _row(0.25, 0.33, 1.40)
+    assert norcal.choose_gamma(table, "balance") == 0.75
+    with pytest.raises(ValueError, match="no γ gave a confident detection"):
+        norcal.choose_gamma([_row(0.0, 0.3, None, confident=0)], "balance")
+    with pytest.raises(ValueError, match="expected one of"):
+        norcal.choose_gamma(table, "recall")
+
+
 # ---------------------------------------------------------------- with a tiny model
 
 
@@ -199,6 +224,17 @@ def test_calibrate_writes_calibration_json_and_eval_applies_it(model_dir, capsys
     assert written["gamma"] in (0.0, 1.0) and written["variant"] == "softmax"
     assert set(written["table"][0]["operating_point"]["per_class"]) == set(written["class_names"])
     assert len(written["class_counts"]) == len(written["class_names"]) == 3
+    assert written["criterion"].startswith("select=ap")
+
+    # --select balance keeps the γ of the smallest over-prediction (threshold 0: the untrained
+    # model's scores are low, and every detection then counts).
+    args = ["--gammas", "0,1", "--select", "balance", "--score_threshold", "0"]
+    assert cli.main(["calibrate", "--model_dir", directory, "--data", val, *args]) == 0
+    with open(os.path.join(directory, norcal.CALIBRATION_FILENAME)) as f:
+        balanced = json.load(f)
+    assert balanced["criterion"].startswith("select=balance")
+    ratios = {row["gamma"]: row["operating_point"]["max_share_ratio"] for row in balanced["table"]}
+    assert ratios[balanced["gamma"]] <= min(ratios.values()) + norcal.BALANCE_TOLERANCE
 
     # Eval of the model dir (the path of `tfmaskrcnn eval --model_dir`) applies whatever calibration.json says.
     norcal.save(_calibration(directory, 1.0), os.path.join(directory, norcal.CALIBRATION_FILENAME))

@@ -9,8 +9,10 @@ training records). It is applied as a shift of the box head's class-logit bias (
 
 How γ is chosen: the checkpoint is loaded once and, for each γ of --gammas, the shifted bias is
 set and the detector runs over the validation images (decoded once, kept in memory), since NMS
-and the top-k cut depend on the scores; γ with the best mean per-class mask AP wins (ties: the
-smaller γ). Each row of the table also has the operating point the issue asks for: per class,
+and the top-k cut depend on the scores. `--select ap` (the default) keeps the γ with the best mean
+per-class mask AP (ties: the smaller γ); `--select balance` keeps the γ that over-predicts no
+class the least at the operating point (then AP), since the γ of the best AP can move a collapse
+to another class instead of ending it. Each row of the table also has the operating point the issue asks for: per class,
 the share of confident detections (score >= --score_threshold) against the ground-truth share,
 the largest ratio, and the collapse alarm's verdict. The table is printed and kept in
 calibration.json; `tfmaskrcnn eval --model_dir`, the checkpoint detector and `tfmaskrcnn export`
@@ -46,8 +48,13 @@ def calibrate(
     score_threshold: float = 0.5,
     output: Optional[str] = None,
     progress: bool = True,
+    select: str = "ap",
 ) -> norcal.Calibration:
-    """Fits γ on `data` (validation TFRecords) and writes the calibration (default: MODEL_DIR/calibration.json)."""
+    """Fits γ on `data` (validation TFRecords) and writes the calibration (default: MODEL_DIR/calibration.json).
+
+    select: "ap" (best mean per-class AP) or "balance" (the operating point first; see norcal.choose_gamma)."""
+    if select not in norcal.SELECT_CRITERIA:
+        raise ValueError(f"select={select!r}: expected one of {sorted(norcal.SELECT_CRITERIA)}")
     from tqdm import tqdm
 
     from tfmaskrcnn.data.label_map import LabelMap, find_label_map
@@ -102,13 +109,13 @@ def calibrate(
         table.append(norcal.table_row(gamma, metrics))
     detector.calibrate(None)
 
-    chosen = norcal.choose_gamma(table)
+    chosen = norcal.choose_gamma(table, select)
     result = norcal.Calibration(
         gamma=chosen,
         class_names=list(label_map.names),
         class_counts=counts,
         variant=variant,
-        criterion=f"{table[0]['metric']} on the validation split (ties: the smaller gamma)",
+        criterion=f"select={select}: {norcal.SELECT_CRITERIA[select]} ({table[0]['metric']})",
         table=table,
         source={"model_dir": model_dir, "checkpoint": detector.checkpoint_path, "data": data, "images": len(images)},
     )
@@ -159,6 +166,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--score_threshold", type=float, default=0.5, help="confident detections for the operating point (default 0.5)"
     )
+    parser.add_argument(
+        "--select",
+        choices=sorted(norcal.SELECT_CRITERIA),
+        default="ap",
+        help="how γ is chosen: ap (best mean per-class AP, the default) or balance (the smallest over-prediction "
+        "of any class at the operating point, then AP)",
+    )
     parser.add_argument("--output", help="where to write calibration.json (default: MODEL_DIR/calibration.json)")
 
 
@@ -172,6 +186,7 @@ def main(args: argparse.Namespace) -> int:
             train_data=args.train_data,
             score_threshold=args.score_threshold,
             output=args.output,
+            select=args.select,
         )
     except (FileNotFoundError, ValueError) as error:
         print(f"tfmaskrcnn calibrate: error: {error}", file=sys.stderr)

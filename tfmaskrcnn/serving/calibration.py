@@ -210,10 +210,41 @@ def _stat(stats: Optional[dict]) -> Optional[float]:
     return None if value is None else round(float(value), 4)
 
 
-def choose_gamma(table: Sequence[dict]) -> float:
-    """The γ of the best mean per-class AP; ties (within 1e-4) go to the smaller γ (closer to the model)."""
-    scored = [(row["mean_per_class_AP"], row["gamma"]) for row in table if row["mean_per_class_AP"] is not None]
+SELECT_CRITERIA = {
+    "ap": "the best mean per-class AP on the validation split (ties: the smaller gamma)",
+    "balance": (
+        "the smallest largest ratio of confident-detection share to ground-truth share on the validation split "
+        "(within 0.05 of it: the best mean per-class AP, then the smaller gamma)"
+    ),
+}
+BALANCE_TOLERANCE = 0.05  # share ratios closer than this are the same balance; AP decides
+
+
+def choose_gamma(table: Sequence[dict], select: str = "ap") -> float:
+    """The γ to keep. `ap`: the best mean per-class AP, ties (within 1e-4) to the smaller γ.
+
+    `balance`: the operating point first. AP ranks detections within one class and cannot see
+    confident detections going to the wrong class, so the γ of the best AP can move a collapse
+    instead of ending it; `balance` takes the γ whose largest detection-share / ground-truth-share
+    ratio (score >= the threshold) is smallest, and among those within BALANCE_TOLERANCE of it
+    the best mean per-class AP. A γ with no confident detection at all is never chosen."""
+    if select not in SELECT_CRITERIA:
+        raise ValueError(f"select={select!r}: expected one of {sorted(SELECT_CRITERIA)}")
+    scored = [row for row in table if row["mean_per_class_AP"] is not None]
     if not scored:
         raise ValueError("no γ gave a per-class AP (the validation split has no ground truth?)")
-    best = max(score for score, _ in scored)
-    return min(gamma for score, gamma in scored if score >= best - 1e-4)
+    if select == "balance":
+        balanced = [
+            row
+            for row in scored
+            if row["operating_point"]["confident_detections"] > 0
+            and row["operating_point"]["max_share_ratio"] is not None
+        ]
+        if not balanced:
+            raise ValueError(
+                "no γ gave a confident detection at the score threshold: lower --score_threshold or use --select ap"
+            )
+        lowest = min(row["operating_point"]["max_share_ratio"] for row in balanced)
+        scored = [row for row in balanced if row["operating_point"]["max_share_ratio"] <= lowest + BALANCE_TOLERANCE]
+    best = max(row["mean_per_class_AP"] for row in scored)
+    return min(row["gamma"] for row in scored if row["mean_per_class_AP"] >= best - 1e-4)
