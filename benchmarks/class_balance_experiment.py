@@ -64,6 +64,14 @@ SETTINGS = {
             "model": {"detection_generator": {"use_sigmoid_probability": True}},
         }
     },
+    # eqlv2 (the long-tail loss that kept the majority at 800 steps) on the repeat-factor stream.
+    "eqlv2_sampling": {
+        "task": {
+            "class_balance": {"loss_type": "eqlv2"},
+            "model": {"detection_generator": {"use_sigmoid_probability": True}},
+            "train_data": {"sampling": {"type": "repeat_factor"}},
+        }
+    },
     "copy_paste_sampling": {
         "task": {"train_data": {"parser": {"copy_paste": {"enabled": True}}, "sampling": {"type": "repeat_factor"}}}
     },
