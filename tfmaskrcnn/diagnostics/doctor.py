@@ -468,7 +468,9 @@ def check_predictions(metrics: dict, data: str) -> list:
             + "; ".join(alarm.get("reasons", [])),
             evidence,
             "see the other findings for the cause; for real imbalance train with "
-            "task.class_balance.weighting.scheme inverse (or sqrt_inverse) and task.train_data.sampling.type "
-            "repeat_factor (measured in docs/class_balance.md and the demo), then `tfmaskrcnn eval --model_dir ... --data ...` for the confusion matrix",
+            "task.class_balance.weighting.scheme sqrt_inverse (or inverse) and task.train_data.sampling.type "
+            "repeat_factor, then fit NorCal on a held-out split with `tfmaskrcnn calibrate --model_dir ... --data ...` "
+            "(the recipe measured in docs/class_balance.md), and `tfmaskrcnn eval --model_dir ... --data ...` for the "
+            "confusion matrix",
         )
     ]
