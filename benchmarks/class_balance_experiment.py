@@ -252,6 +252,11 @@ def _mean_sd(values) -> str:
     return f"{np.nanmean(values):.3f} ± {np.nanstd(values):.3f}" if np.isfinite(values).any() else "-"
 
 
+def _over(run: dict) -> float:
+    """The run's largest detection / ground-truth share ratio; inf when nothing was confident (not fair)."""
+    return run["over"] if run.get("confident_detections", 1) else float("inf")
+
+
 def summarize(results: str, mix: str, settings, seeds, steps: int) -> str:
     from tfmaskrcnn.data.shapes.draw import SHAPE_NAMES  # pylint: disable=g-import-not-at-top
 
@@ -303,10 +308,10 @@ def summarize(results: str, mix: str, settings, seeds, steps: int) -> str:
                 f"| {setting} | " + " | ".join(f"{x:.2f}" for x in ratios) + f" | {min(ratios[1:]):.2f} |"
             )
         if all("over" in r for r in runs):
-            overs = [r["over"] for r in runs]
+            overs = [_over(r) for r in runs]
             alarms = ", ".join(r["alarm"] for r in runs)
             paired = [(seed, run) for seed in seeds for run in _load(results, setting, [seed]) if seed in ref_by_seed]
-            fair = sum(run["over"] <= ref_by_seed[seed]["over"] + 1e-9 for seed, run in paired)
+            fair = sum(_over(run) <= _over(ref_by_seed[seed]) + 1e-9 for seed, run in paired)
             alarm_kept = sum(run["alarm"] == "ok" or ref_by_seed[seed]["alarm"] != "ok" for seed, run in paired)
             op_lines.append(
                 f"| {setting} | "

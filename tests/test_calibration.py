@@ -152,6 +152,7 @@ def test_balance_selection_keeps_the_gamma_that_over_predicts_least_not_the_best
         _row(0.25, 0.33, 1.31),
         _row(0.5, 0.36, 2.40),
         _row(0.75, 0.31, 1.28),
+        _row(1.0, 0.20, 0.50, confident=3),  # nearly mute: its ratio is noise, it never competes
         _row(1.5, 0.10, None, confident=0),  # nothing confident: never "balanced"
     ]
     assert norcal.choose_gamma(table, "ap") == 0.5

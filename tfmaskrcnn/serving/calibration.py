@@ -213,11 +213,16 @@ def _stat(stats: Optional[dict]) -> Optional[float]:
 SELECT_CRITERIA = {
     "ap": "the best mean per-class AP on the validation split (ties: the smaller gamma)",
     "balance": (
-        "the smallest largest ratio of confident-detection share to ground-truth share on the validation split "
+        "the smallest largest ratio of confident-detection share to ground-truth share on the validation split, "
+        "among the gammas that keep at least half the confident detections of the most confident gamma "
         "(within 0.05 of it: the best mean per-class AP, then the smaller gamma)"
     ),
 }
 BALANCE_TOLERANCE = 0.05  # share ratios closer than this are the same balance; AP decides
+# A γ that silences the model is not fair, it is mute: with 3 confident detections left the share
+# ratio is noise (measured: stock + NorCal, γ = 1 kept 3 of 241 and "won", then found nothing on
+# the validation split). Candidates keep at least this fraction of the best γ's confident count.
+BALANCE_MIN_CONFIDENT_FRACTION = 0.5
 
 
 def choose_gamma(table: Sequence[dict], select: str = "ap") -> float:
@@ -227,17 +232,20 @@ def choose_gamma(table: Sequence[dict], select: str = "ap") -> float:
     confident detections going to the wrong class, so the γ of the best AP can move a collapse
     instead of ending it; `balance` takes the γ whose largest detection-share / ground-truth-share
     ratio (score >= the threshold) is smallest, and among those within BALANCE_TOLERANCE of it
-    the best mean per-class AP. A γ with no confident detection at all is never chosen."""
+    the best mean per-class AP. Only γ that keep BALANCE_MIN_CONFIDENT_FRACTION of the largest
+    number of confident detections over the table compete; a γ with none is never chosen."""
     if select not in SELECT_CRITERIA:
         raise ValueError(f"select={select!r}: expected one of {sorted(SELECT_CRITERIA)}")
     scored = [row for row in table if row["mean_per_class_AP"] is not None]
     if not scored:
         raise ValueError("no γ gave a per-class AP (the validation split has no ground truth?)")
     if select == "balance":
+        most = max(row["operating_point"]["confident_detections"] for row in scored)
+        enough = max(1, BALANCE_MIN_CONFIDENT_FRACTION * most)
         balanced = [
             row
             for row in scored
-            if row["operating_point"]["confident_detections"] > 0
+            if row["operating_point"]["confident_detections"] >= enough
             and row["operating_point"]["max_share_ratio"] is not None
         ]
         if not balanced:
