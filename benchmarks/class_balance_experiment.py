@@ -294,7 +294,8 @@ def summarize(results: str, mix: str, settings, seeds, steps: int) -> str:
     ]
     ref_by_seed = {seed: run for seed in seeds for run in _load(results, "reference", [seed])}
     for setting in settings:
-        runs = _load(results, setting, seeds)
+        by_seed = {seed: run for seed in seeds for run in _load(results, setting, [seed])}
+        runs = list(by_seed.values())
         if not runs:
             continue
         lines.append(
@@ -310,7 +311,7 @@ def summarize(results: str, mix: str, settings, seeds, steps: int) -> str:
         if all("over" in r for r in runs):
             overs = [_over(r) for r in runs]
             alarms = ", ".join(r["alarm"] for r in runs)
-            paired = [(seed, run) for seed in seeds for run in _load(results, setting, [seed]) if seed in ref_by_seed]
+            paired = [(seed, run) for seed, run in by_seed.items() if seed in ref_by_seed]
             fair = sum(_over(run) <= _over(ref_by_seed[seed]) + 1e-9 for seed, run in paired)
             alarm_kept = sum(run["alarm"] == "ok" or ref_by_seed[seed]["alarm"] != "ok" for seed, run in paired)
             op_lines.append(
