@@ -3,8 +3,11 @@
 - the box head's classification loss is the weighted one (compared with Model Garden's stock
   loss and with `weighted_classification_loss` alone, on known outputs);
 - the image sampler is in the stream `build_inputs` returns (class frequencies change);
-- the augmentation preset's augmenter is in the parser of that stream.
-No model is built; the stream tests parse a few dozen 128x128 images.
+- the augmentation preset's augmenter is in the parser of that stream;
+- a Model Garden that no longer has or calls a hooked private method (`model_garden_hooks`) is
+  refused when the task is built, and at the first train step / evaluation set-up when the
+  override was not reached (simulated by patching Model Garden's base class).
+Only the train_step test (slow) builds a model; the stream tests parse a few dozen 128x128 images.
 """
 
 from __future__ import annotations
@@ -155,3 +158,134 @@ def test_the_augmentation_preset_is_in_the_parser_of_the_training_stream(shapes_
 
     params.task.train_data.parser.augmentation.preset = "none"
     assert task._build_parser(params.task.train_data)._example_augmenter is None  # pylint: disable=protected-access
+
+
+# ------------------------------------------------- Model Garden upgrade guards
+
+
+def _build_losses_of_an_upgrade(self, outputs, labels, aux_losses=None):
+    """Model Garden's build_losses as a release might write it: the Fast R-CNN losses computed
+    inline (here: Model Garden's own method called by class), so the task's override is bypassed."""
+    import tensorflow as tf
+    from official.vision.tasks import maskrcnn as mg_task
+
+    rpn_score, rpn_box = self._build_rpn_losses(outputs, labels)
+    frcnn_cls, frcnn_box = mg_task.MaskRCNNTask._build_frcnn_losses(self, outputs, labels)  # noqa: SLF001
+    mask = self._build_mask_loss(outputs)
+    total = rpn_score + rpn_box + frcnn_cls + frcnn_box + mask
+    if aux_losses:
+        total += tf.reduce_sum(aux_losses)
+    return {
+        "total_loss": total,
+        "rpn_score_loss": rpn_score,
+        "rpn_box_loss": rpn_box,
+        "frcnn_cls_loss": frcnn_cls,
+        "frcnn_box_loss": frcnn_box,
+        "mask_loss": mask,
+        "model_loss": total,
+    }
+
+
+def test_the_installed_model_garden_has_every_hooked_method():
+    from tfmaskrcnn.tasks import model_garden_hooks
+
+    model_garden_hooks.check_hooks()  # raises on the installed version if a hook no longer fits
+    assert {h.method for h in model_garden_hooks.HOOKS} >= {"_build_frcnn_losses", "_build_coco_metrics"}
+
+
+@pytest.mark.parametrize("change", ["not_called", "renamed", "new_signature"])
+def test_building_the_task_refuses_a_model_garden_that_bypasses_the_loss_override(
+    shapes_records, tiny_experiment, monkeypatch, change
+):
+    from official.vision.tasks import maskrcnn as mg_task
+
+    from tfmaskrcnn.tasks import model_garden_hooks
+
+    if change == "not_called":
+        monkeypatch.setattr(mg_task.MaskRCNNTask, "build_losses", _build_losses_of_an_upgrade)
+        expected = "no longer calls self._build_frcnn_losses()"
+    elif change == "renamed":
+        monkeypatch.delattr(mg_task.MaskRCNNTask, "_build_frcnn_losses")
+        expected = "_build_frcnn_losses no longer exists"
+    else:
+        monkeypatch.setattr(
+            mg_task.MaskRCNNTask, "_build_frcnn_losses", lambda self, outputs, labels, head_index: (0.0, 0.0)
+        )
+        expected = "now takes (self, outputs, labels, head_index)"
+    with pytest.raises(model_garden_hooks.ModelGardenHookError) as raised:
+        _task(tiny_experiment(shapes_records))
+    message = str(raised.value)
+    assert expected in message
+    assert model_garden_hooks.model_garden_version() in message  # the installed version
+    assert "tf-models-official~=2.20.0" in message and "class weights" in message  # the fix, what is lost
+
+
+def _one_batch(task, params):
+    return next(iter(task.build_inputs(params.task.train_data)))
+
+
+@pytest.mark.slow
+def test_train_step_applies_the_class_weights_and_fails_when_the_override_is_bypassed(
+    shapes_records, tiny_experiment, monkeypatch
+):
+    """Through public entry points only: the registered experiment's task and model, `train_step` on a
+    batch. Weights of 2 for every class with `mean` normalization double the classification loss
+    and leave the others (same model, same RoI draws, learning rate 0); then a Model Garden whose
+    build_losses no longer calls the override makes the first train step fail."""
+    import tf_keras
+    from official.vision.tasks import maskrcnn as mg_task
+
+    from tfmaskrcnn.tasks import model_garden_hooks
+
+    stock_params = tiny_experiment(shapes_records)
+    stock = _task(stock_params)
+    weighted_params = tiny_experiment(shapes_records)
+    weighted_params.task.class_balance.weighting.scheme = "explicit"
+    weighted_params.task.class_balance.weighting.weights = [2.0, 2.0, 2.0, 2.0]
+    weighted_params.task.class_balance.normalization = "mean"
+    weighted = _task(weighted_params)
+    model = stock.build_model()
+    batch = _one_batch(stock, stock_params)
+    optimizer = tf_keras.optimizers.SGD(learning_rate=0.0)
+
+    logs = {}
+    for name, task in (("stock", stock), ("weighted", weighted)):
+        metrics = task.build_metrics(training=True)
+        tf_keras.utils.set_random_seed(7)
+        task.train_step(batch, model, optimizer, metrics=metrics)
+        logs[name] = {m.name: float(m.result()) for m in metrics}
+    np.testing.assert_allclose(logs["weighted"]["frcnn_cls_loss"], 2 * logs["stock"]["frcnn_cls_loss"], rtol=1e-5)
+    for key in ("rpn_score_loss", "rpn_box_loss", "frcnn_box_loss", "mask_loss"):
+        np.testing.assert_allclose(logs["weighted"][key], logs["stock"][key], rtol=1e-5, err_msg=key)
+
+    monkeypatch.setattr(mg_task.MaskRCNNTask, "build_losses", _build_losses_of_an_upgrade)
+    bypassed = weighted  # built before the "upgrade": the build-time check passed
+    bypassed.hook_calls = model_garden_hooks.HookCalls()  # a fresh process: nothing traced yet
+    with pytest.raises(model_garden_hooks.ModelGardenHookError, match="did not call _build_frcnn_losses"):
+        bypassed.train_step(batch, model, optimizer, metrics=bypassed.build_metrics(training=True))
+
+
+def test_evaluation_metrics_are_the_per_class_evaluator_and_refuse_a_bypass(
+    shapes_records, tiny_experiment, monkeypatch, tmp_path
+):
+    from official.vision.evaluation import coco_evaluator
+    from official.vision.tasks import maskrcnn as mg_task
+
+    from tfmaskrcnn.evaluation.model_garden import ModelGardenEvaluator
+    from tfmaskrcnn.tasks import model_garden_hooks
+    from tfmaskrcnn.tasks.maskrcnn import TfMaskRCNNTask
+
+    params = tiny_experiment(shapes_records)
+    experiment.resolve_config(params.task)
+    task = TfMaskRCNNTask(params.task, logging_dir=str(tmp_path))
+    task.build_metrics(training=False)
+    assert isinstance(task.coco_metric, ModelGardenEvaluator)  # per-class AP, confusion and the alarm
+
+    def build_metrics_of_an_upgrade(self, training=True):  # builds its evaluator inline
+        self.coco_metric = coco_evaluator.COCOEvaluator(annotation_file=None, include_mask=True)
+        return []
+
+    monkeypatch.setattr(mg_task.MaskRCNNTask, "build_metrics", build_metrics_of_an_upgrade)
+    task.hook_calls = model_garden_hooks.HookCalls()
+    with pytest.raises(model_garden_hooks.ModelGardenHookError, match="did not call _build_coco_metrics"):
+        task.build_metrics(training=False)

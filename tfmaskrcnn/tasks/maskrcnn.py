@@ -37,7 +37,7 @@ from tfmaskrcnn.dataloaders import input_reader as reader_lib
 from tfmaskrcnn.dataloaders import parser as parser_lib
 from tfmaskrcnn.dataloaders import sampling
 from tfmaskrcnn.diagnostics import training_signals
-from tfmaskrcnn.tasks import classifier_retraining
+from tfmaskrcnn.tasks import classifier_retraining, model_garden_hooks
 from tfmaskrcnn.tasks import config_resolution as experiment
 
 COLLAPSE_METRICS = ("fg_accuracy", "fg_predicted_background")
@@ -63,6 +63,10 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
             )
             self.label_map = experiment.resolve_config(params)
         classifier_retraining.check_config(params)
+        # The loss, metric and parser overrides below are private Model Garden methods: refuse a
+        # Model Garden that no longer has or calls them, rather than train with its stock loss.
+        model_garden_hooks.check_hooks()
+        self.hook_calls = model_garden_hooks.HookCalls()
         super().__init__(params, logging_dir=logging_dir, name=name)
 
     # ------------------------------------------------------------ init checkpoint
@@ -302,6 +306,7 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
     def _build_frcnn_losses(self, outputs: Mapping[str, Any], labels: Mapping[str, Any]):
         """Model Garden's box loss; our classification loss (weighted, or a long-tail loss with one
         state per head), averaged over cascade heads."""
+        self.hook_calls.record("_build_frcnn_losses")
         _, frcnn_box_loss = super()._build_frcnn_losses(outputs, labels)
         cascade = self.task_config.model.roi_sampler.cascade_iou_thresholds
         suffixes = [""] + [f"_{i}" for i in range(1, 1 + len(cascade or []))]
@@ -330,8 +335,18 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
     def _share_metric_name(self, class_id: int) -> str:
         return f"fg_predicted_share/{self.label_map.name(class_id)}"
 
+    def train_step(self, inputs, model, optimizer, metrics=None):
+        """Model Garden's train step; then a check that it reached our classification loss (under
+        tf.function this runs when the first step is traced), so that a Model Garden that stops calling
+        `_build_frcnn_losses` stops training instead of training with its plain cross-entropy."""
+        logs = super().train_step(inputs, model, optimizer, metrics=metrics)
+        self.hook_calls.require("_build_frcnn_losses", "MaskRCNNTask.train_step")
+        return logs
+
     def build_metrics(self, training: bool = True):
         metrics = super().build_metrics(training)
+        if not training and self.task_config.use_coco_metrics:
+            self.hook_calls.require("_build_coco_metrics", "MaskRCNNTask.build_metrics(training=False)")
         if training and self.task_config.log_collapse_signals:
             names = list(COLLAPSE_METRICS) + [
                 self._share_metric_name(c) for c in range(1, self.label_map.num_classes + 1)
@@ -346,6 +361,7 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
         per-class AP, confusion-based precision/recall and the collapse alarm reach TensorBoard."""
         from tfmaskrcnn.evaluation.model_garden import ModelGardenEvaluator  # pylint: disable=g-import-not-at-top
 
+        self.hook_calls.record("_build_coco_metrics")
         super()._build_coco_metrics()
         stock = self.coco_metric
         self.coco_metric = ModelGardenEvaluator(
