@@ -3,6 +3,7 @@
     tfmaskrcnn audit --annotations instances_train.json --images train/ --output audit_out \\
         [--val-annotations instances_val.json] [--experiment tfmaskrcnn_r50fpn_gpu]
     tfmaskrcnn audit converted/train --output audit_out
+    tfmaskrcnn audit --annotations data.yaml --split train --output audit_out   # or a Labelme, CVAT, VOC export
 
 Prints a summary, writes audit.json, class_histogram.png, samples/*.png and report.html into
 OUT, and exits with 1 when any check found an error (2 when the command cannot run).
@@ -38,7 +39,9 @@ def anchor_check(experiment: str) -> audit.AnchorCheck:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("records", nargs="?", help="converted TFRecords: the converter's output folder or a glob")
-    parser.add_argument("--annotations", help="COCO instances JSON (instead of RECORDS)")
+    parser.add_argument(
+        "--annotations", help="COCO instances JSON, or a Labelme/CVAT/YOLO/VOC export (instead of RECORDS)"
+    )
     parser.add_argument("--images", help="folder the JSON file_name entries are relative to")
     parser.add_argument("--val-annotations", help="validation JSON: its categories must equal the training split's")
     parser.add_argument("--output", required=True, help="folder for audit.json, the PNGs and report.html")
@@ -49,11 +52,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples-per-class", type=int, default=4, help="images per class in the sample grids")
     parser.add_argument("--workers", type=int, default=None, help="reader threads (default: min(8, CPUs))")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    from tfmaskrcnn.data.formats import command as formats_command  # --format: Labelme, CVAT, YOLO, VOC exports
+
+    formats_command.add_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
+    from tfmaskrcnn.data.formats import command as formats_command
     from tfmaskrcnn.diagnostics.audit_report import write_audit_report
 
+    status, imported = formats_command.prepare_audit(args)  # --format: a Labelme, CVAT, YOLO or VOC export
+    if status is not None:
+        return status
     coco_mode = bool(args.annotations or args.images)
     if coco_mode == bool(args.records) or (coco_mode and not (args.annotations and args.images)):
         print("error: give either RECORDS or both --annotations and --images", file=sys.stderr)
@@ -64,7 +74,17 @@ def main(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     try:
         anchor = anchor_check(args.experiment) if args.experiment else None
-        if coco_mode:
+        if imported is not None:
+            result = audit.audit_coco_dict(
+                imported.coco,
+                imported.images_dir,
+                source={"annotations": imported.source, "images": imported.images_dir, "format": imported.format},
+                anchor=anchor,
+                workers=args.workers,
+                progress=progress,
+                samples_per_class=args.samples_per_class,
+            )
+        elif coco_mode:
             result = audit.audit_coco(
                 args.annotations,
                 args.images,

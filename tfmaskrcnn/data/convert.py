@@ -384,7 +384,7 @@ def _default_prefix(annotations_path: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--annotations", required=True, help="COCO instances JSON (local or gs://)")
-    parser.add_argument("--images", required=True, help="directory the JSON file_name entries are relative to")
+    parser.add_argument("--images", help="directory the JSON file_name entries are relative to (COCO)")
     parser.add_argument("--output", required=True, help="output directory (one per split)")
     parser.add_argument(
         "--num-shards",
@@ -398,9 +398,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workers", type=int, default=None, help="reader threads (default: min(8, CPUs))")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    from tfmaskrcnn.data.formats import command as formats_command  # --format: Labelme, CVAT, YOLO, VOC exports
+
+    formats_command.add_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
+    from tfmaskrcnn.data.formats import command as formats_command
+
+    status = formats_command.prepare_convert(args)  # imports a non-COCO export, points args at its COCO form
+    if status is not None:
+        return status
     try:
         report = convert_coco(
             args.annotations,
