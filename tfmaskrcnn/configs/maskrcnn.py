@@ -288,6 +288,12 @@ def _r50fpn(input_size: int) -> mg.MaskRCNN:
     )
 
 
+# `runtime.num_gpus` of the GPU experiments: every GPU TensorFlow sees, resolved at training start
+# (`tfmaskrcnn.tasks.runtime_resolution`), which refuses to fall back to the CPU when none is
+# visible. Model Garden's own default, 0, builds a MirroredStrategy on the CPU without a word.
+ALL_VISIBLE_GPUS = -1
+
+
 def _r50fpn_experiment(
     batch_size: int, train_steps: int, mixed_precision: str, distribution: str, data_dtype: str
 ) -> cfg.ExperimentConfig:
@@ -297,7 +303,11 @@ def _r50fpn_experiment(
     parser = Parser(aug_rand_hflip=True, aug_scale_min=0.8, aug_scale_max=1.25)
     base_lr = 0.02 * batch_size / 16  # the linear scaling rule from Goyal et al. (2017)
     return cfg.ExperimentConfig(
-        runtime=cfg.RuntimeConfig(distribution_strategy=distribution, mixed_precision_dtype=mixed_precision),
+        runtime=cfg.RuntimeConfig(
+            distribution_strategy=distribution,
+            mixed_precision_dtype=mixed_precision,
+            num_gpus=ALL_VISIBLE_GPUS if distribution == "mirrored" else 0,
+        ),
         task=TfMaskRCNNTask(
             model=_r50fpn(1024),
             # No pretrained weights by default: no network access at run time. Point
@@ -341,7 +351,12 @@ def _r50fpn_experiment(
 
 @exp_factory.register_config_factory("tfmaskrcnn_r50fpn_gpu")
 def tfmaskrcnn_r50fpn_gpu() -> cfg.ExperimentConfig:
-    """ResNet-50 FPN at 1024 px on one or more GPUs (MirroredStrategy), mixed float16."""
+    """ResNet-50 FPN at 1024 px on every visible GPU (MirroredStrategy), mixed float16.
+
+    `runtime.num_gpus` is -1 (every visible GPU, resolved at training start); training stops when
+    TensorFlow sees no GPU instead of running on the CPU. On the CPU on purpose:
+    `--params_override runtime.num_gpus=0,runtime.mixed_precision_dtype=float32` (and float32 data).
+    """
     return _r50fpn_experiment(
         batch_size=16, train_steps=90000, mixed_precision="float16", distribution="mirrored", data_dtype="float16"
     )
@@ -353,3 +368,111 @@ def tfmaskrcnn_r50fpn_tpu() -> cfg.ExperimentConfig:
     return _r50fpn_experiment(
         batch_size=64, train_steps=22500, mixed_precision="bfloat16", distribution="tpu", data_dtype="bfloat16"
     )
+
+
+MOBILENETV2_CPU_TRAIN_STEPS = 3000
+# torchvision's batch norm epsilon: the ImageNet weights imported by `tfmaskrcnn import-backbone`
+# (`tfmaskrcnn.tasks.backbone_import`) were trained with it; Model Garden's default 1e-3 would
+# shift every normalized activation of the imported backbone.
+TORCHVISION_NORM_EPSILON = 1e-5
+
+
+def mobilenetv2_cpu_budget_override(train_steps: int) -> dict:
+    """Trainer override giving `tfmaskrcnn_mobilenetv2_cpu` another step budget, its schedule moving with it:
+    linear warmup over the first 200 steps (a tenth of short runs), drops x0.1 at 75% and 90%."""
+    warmup = min(200, max(1, train_steps // 10))
+    return {
+        "trainer": {
+            "train_steps": train_steps,
+            "validation_interval": train_steps,
+            "optimizer_config": {
+                "learning_rate": {"stepwise": {"boundaries": [int(train_steps * 0.75), int(train_steps * 0.9)]}},
+                "warmup": {"linear": {"warmup_steps": warmup}},
+            },
+        }
+    }
+
+
+@exp_factory.register_config_factory("tfmaskrcnn_mobilenetv2_cpu")
+def tfmaskrcnn_mobilenetv2_cpu() -> cfg.ExperimentConfig:
+    """MobileNetV2-FPN Mask R-CNN at 384 px for fine-tuning on photos on a 2-core CPU, float32.
+
+    Start from ImageNet: import torchvision's MobileNetV2 weights once
+    (`tfmaskrcnn import-backbone --from torchvision --arch mobilenet_v2 mobilenet_v2-b0353104.pth
+    --output imagenet_mnv2`), then `--params_override task.init_checkpoint=imagenet_mnv2`; only the
+    backbone is restored (`init_checkpoint_modules: backbone`), `init_report.json` lists it.
+    Without it the model trains from random weights.
+
+    Sizes: photos are resized to 384 px on the long side; FPN levels 3-6 with anchors of
+    3 x stride at two scales per octave (24 to 272 px) cover objects from about 20 px to the
+    whole image. FPN, RPN and heads are narrowed (128 filters, 2 mask convs, 256 sampled RoIs,
+    32 sampled masks) so that a step of batch 2 stays near a second on 2 cores.
+    Batch norm: epsilon 1e-5 (torchvision's), momentum 0.97 (the moving statistics follow the
+    new data within about a hundred steps, instead of a thousand at Model Garden's 0.997).
+    """
+    steps = MOBILENETV2_CPU_TRAIN_STEPS
+    model = mg.MaskRCNN(
+        num_classes=0,
+        input_size=[384, 384, 3],
+        min_level=3,
+        max_level=6,
+        anchor=mg.Anchor(num_scales=2, anchor_size=3.0),
+        backbone=backbones.Backbone(type="mobilenet", mobilenet=backbones.MobileNet(model_id="MobileNetV2")),
+        decoder=decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=128)),
+        rpn_head=mg.RPNHead(num_filters=128),
+        detection_head=mg.DetectionHead(num_convs=0, num_fcs=2, fc_dims=512),
+        roi_generator=mg.ROIGenerator(
+            num_proposals=500, test_num_proposals=300, pre_nms_top_k=2000, test_pre_nms_top_k=1000
+        ),
+        roi_sampler=mg.ROISampler(num_sampled_rois=256),
+        mask_head=mg.MaskHead(num_convs=2, num_filters=128),
+        mask_sampler=mg.MaskSampler(num_sampled_masks=32),
+        norm_activation=common.NormActivation(
+            norm_momentum=0.97, norm_epsilon=TORCHVISION_NORM_EPSILON, use_sync_bn=False
+        ),
+    )
+    parser = Parser(aug_rand_hflip=True, aug_scale_min=0.8, aug_scale_max=1.25)
+    params = cfg.ExperimentConfig(
+        runtime=cfg.RuntimeConfig(distribution_strategy="mirrored", num_gpus=0, mixed_precision_dtype="float32"),
+        task=TfMaskRCNNTask(
+            model=model,
+            init_checkpoint=None,
+            init_checkpoint_modules="backbone",
+            losses=mg.Losses(l2_weight_decay=4e-5),
+            train_data=DataConfig(
+                is_training=True, global_batch_size=2, dtype="float32", parser=parser, shuffle_buffer_size=200
+            ),
+            validation_data=DataConfig(is_training=False, global_batch_size=2, dtype="float32", drop_remainder=False),
+        ),
+        trainer=cfg.TrainerConfig(
+            train_steps=steps,
+            validation_steps=-1,
+            validation_interval=steps,
+            steps_per_loop=50,
+            summary_interval=50,
+            checkpoint_interval=500,
+            max_to_keep=2,
+            best_checkpoint_export_subdir="best_ckpt",
+            best_checkpoint_eval_metric="mask_AP",
+            best_checkpoint_metric_comp="higher",
+            loss_upper_bound=1000.0,
+            recovery_max_trials=1,
+            # SGD at 0.005 for batch 2: twice the linear-scaling rule's 0.02 x 2/16, as short fine-tuning
+            # schedules use; see mobilenetv2_cpu_budget_override for the schedule.
+            optimizer_config=optimization.OptimizationConfig(
+                {
+                    "optimizer": {"type": "sgd", "sgd": {"momentum": 0.9, "global_clipnorm": 10.0}},
+                    "learning_rate": {
+                        "type": "stepwise",
+                        "stepwise": {
+                            "boundaries": [int(steps * 0.75), int(steps * 0.9)],
+                            "values": [0.005, 0.0005, 0.00005],
+                        },
+                    },
+                    "warmup": {"type": "linear", "linear": {"warmup_steps": 200, "warmup_learning_rate": 0.0005}},
+                }
+            ),
+        ),
+        restrictions=_restrictions(),
+    )
+    return params
