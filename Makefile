@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test test-fast test-imgaug lint setup clean
+.PHONY: demo test test-fast test-imgaug lint setup clean weights
 
 setup: $(VENV)/.installed
 
@@ -19,9 +19,14 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: setup
 	$(PY) -m tfmaskrcnn demo --output $(DEMO_DIR)
 
-test: setup lint
+test: setup lint weights
 	$(PY) -m pytest -q -rs
 	$(MAKE) test-imgaug
+
+# torchvision's ImageNet MobileNetV2 file, hash-checked, for `tfmaskrcnn import-backbone`, its tests
+# and benchmarks/real_data.py (weights_cache/, ignored by git; nothing is fetched at training time).
+weights: setup
+	$(PY) tools/fetch_weights.py
 
 # One code style (ruff format + lint) and the package layers (import-linter contract in
 # pyproject.toml; docs/architecture.md draws them).

@@ -31,6 +31,7 @@ SUBCOMMANDS = {
     "predict": ("tfmaskrcnn.serving.predict", "run an exported SavedModel on images"),
     "calibrate": ("tfmaskrcnn.cli.calibrate", "fit NorCal score calibration on validation data (calibration.json)"),
     "doctor": ("tfmaskrcnn.cli.doctor", "diagnose a trained model: label map, class head, settings, predicted classes"),
+    "import-backbone": ("tfmaskrcnn.cli.import_backbone", "torchvision ImageNet weights -> a TF backbone checkpoint"),
     "demo": ("tfmaskrcnn.cli.demo", "the whole story on shapes: a one-class collapse, its cure, one HTML report"),
 }
 
