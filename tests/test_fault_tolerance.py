@@ -182,7 +182,17 @@ def test_best_checkpoint_by_mask_ap_is_kept_and_exported(shapes_records, tiny_ex
     train.run(params, model_dir, "train_and_eval")
     with open(os.path.join(model_dir, "best_ckpt", "info.json")) as f:
         info = json.load(f)
-    assert "mask_AP" in info and info["best_ckpt_global_step"] in (1, 2)
+    # The kept step is the one with the highest mask_AP in the evaluation log (validation/ summaries);
+    # on a tie Model Garden keeps the earlier checkpoint (only a strictly better AP replaces it).
+    logged = _logged_scalars(os.path.join(model_dir, "validation"), "mask_AP")
+    assert sorted(logged) == [1, 2], logged
+    best_step = max(sorted(logged), key=lambda step: (logged[step], -step))
+    assert info["best_ckpt_global_step"] == best_step, (info["best_ckpt_global_step"], logged)
+    assert info["mask_AP"] == pytest.approx(logged[best_step])
+    import tensorflow as tf
+
+    kept = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(model_dir, "best_ckpt")))
+    assert kept.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE") == best_step
 
     parser = argparse.ArgumentParser()
     export.add_arguments(parser)
@@ -192,6 +202,19 @@ def test_best_checkpoint_by_mask_ap_is_kept_and_exported(shapes_records, tiny_ex
     with open(os.path.join(export_dir, export.REPORT_FILENAME)) as f:
         report = json.load(f)
     assert "/best_ckpt/best_ckpt-" in report["checkpoint"]
+
+
+def _logged_scalars(summary_dir: str, tag: str) -> dict:
+    """{step: value} of one scalar in the TensorBoard event files of summary_dir."""
+    import tensorflow as tf
+
+    values = {}
+    for path in tf.io.gfile.glob(os.path.join(summary_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
 
 
 def test_repair_falls_back_to_the_newest_complete_checkpoint(tmp_path):
