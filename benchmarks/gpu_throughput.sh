@@ -4,11 +4,12 @@
 #
 #   bash benchmarks/gpu_throughput.sh [COCO_DIR] [STEPS] [more flags of benchmarks/gpu_throughput.py]
 #
-# COCO_DIR holds annotations/instances_train2017.json and train2017/ (default: the COCO-2017
-# subset beside the repository, ../shared/data/coco_tiny). About 5 minutes on one recent GPU.
+# COCO_DIR holds annotations/instances_train2017.json and train2017/ (default: the 12-photo COCO-2017
+# subset in tests/data/coco_tiny; pass a larger COCO folder for steadier numbers). About 5 minutes
+# on one recent GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-COCO_DIR=${1:-${TFMASKRCNN_COCO_TINY:-../shared/data/coco_tiny}}
+COCO_DIR=${1:-${TFMASKRCNN_COCO_TINY:-tests/data/coco_tiny}}
 STEPS=${2:-50}
 shift $(( $# < 2 ? $# : 2 ))
 OUT=${OUT:-bench_out/gpu}

@@ -1,9 +1,9 @@
 """Shared pytest fixtures, and the CI rule on skips.
 
-Real-photo tests reach the COCO-2017 subset through `coco_tiny_dir`; set
-TFMASKRCNN_COCO_TINY to point elsewhere. Tests that need it are skipped with a
-clear reason when it is absent, so the suite stays runnable on a bare checkout;
-under CI=true its absence fails those tests instead.
+Real-photo tests reach the COCO-2017 subset in tests/data/coco_tiny (in the repository,
+with its licenses) through `coco_tiny_dir`; set TFMASKRCNN_COCO_TINY to point elsewhere.
+When the folder named there is absent, tests that need it are skipped with a clear reason
+(under CI=true its absence fails those tests instead).
 
 Under CI=true the session also fails when any test is skipped for a reason that is not
 in ALLOWED_SKIP_REASONS: a silent skip there is a test that did not run.
@@ -17,7 +17,7 @@ import pathlib
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-DEFAULT_COCO_TINY = REPO_ROOT.parent / "shared" / "data" / "coco_tiny"
+DEFAULT_COCO_TINY = REPO_ROOT / "tests" / "data" / "coco_tiny"
 
 
 # Skips that are expected in the main environment, by the start of their reason.

@@ -100,7 +100,7 @@ def test_real_coco_subset_round_trips_through_model_garden_decoder(coco_tiny_dir
         for mask, ann in zip(masks, anns):
             np.testing.assert_array_equal(mask, coco.annToMask(ann))
             checked_masks += 1
-    assert checked_masks == len(coco.getAnnIds()) == 815
+    assert checked_masks == len(coco.getAnnIds()) == 132
 
 
 def test_real_coco_subset_statistics_and_report(converted_val):
@@ -108,8 +108,8 @@ def test_real_coco_subset_statistics_and_report(converted_val):
     data = json.loads(annotations.read_text())
     stats = json.loads((output / "dataset_stats.json").read_text())
     crowd = sum(a["iscrowd"] for a in data["annotations"])
-    assert stats["num_images"] == 80
-    assert stats["num_crowd"] == crowd == 11
+    assert stats["num_images"] == 13
+    assert stats["num_crowd"] == crowd == 2
     assert stats["num_instances"] == len(data["annotations"]) - crowd
     per_class = collections.Counter(a["category_id"] for a in data["annotations"] if not a["iscrowd"])
     images_per_class = collections.Counter()
@@ -122,7 +122,7 @@ def test_real_coco_subset_statistics_and_report(converted_val):
         c["id"]: images_per_class[c["id"]] for c in data["categories"]
     }
     saved = json.loads((output / "conversion_report.json").read_text())
-    assert saved["totals"] == {"images_in": 80, "images_out": 80, "annotations_in": 815, "annotations_out": 815}
+    assert saved["totals"] == {"images_in": 13, "images_out": 13, "annotations_in": 132, "annotations_out": 132}
     assert saved["skipped"] == {} and saved["converted"] == {} and saved["fixed"] == {}
 
 
