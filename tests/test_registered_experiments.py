@@ -9,8 +9,6 @@ its data dtype, its optimizer and its XLA setting.
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 OUR_PREFIX = "tfmaskrcnn_"
 
 
@@ -64,6 +62,7 @@ def test_every_experiment_is_covered():
     assert {"tfmaskrcnn_shapes_cpu", "tfmaskrcnn_r50fpn_gpu", "tfmaskrcnn_r50fpn_tpu"} <= set(names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", _registered_experiments())
 def test_experiment_trains_one_step_under_its_precision(name, shapes_records):
     import tensorflow as tf
