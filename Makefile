@@ -19,8 +19,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: setup
 	$(PY) -m tfmaskrcnn demo --output $(DEMO_DIR)
 
+# --durations=25: the slowest tests, kept in the CI log so that a slowdown shows.
 test: setup lint weights
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs --durations=25
 	$(MAKE) test-imgaug
 
 # torchvision's ImageNet MobileNetV2 file, hash-checked, for `tfmaskrcnn import-backbone`, its tests
