@@ -1,5 +1,6 @@
 """Config resolution against the data: label map, num_classes, class weights, sampling."""
 
+import numpy as np
 import pytest
 
 from tfmaskrcnn.data.label_map import LabelMap
@@ -42,7 +43,17 @@ def test_automatic_weights_and_threshold_are_written_back(shapes_records, tiny_e
     label_map = experiment.resolve_config(params.task)
     weights = params.task.class_balance.weighting.weights
     assert len(weights) == 4 and weights[0] == 1.0
-    assert params.task.train_data.sampling.threshold is not None
+    # The threshold is the image frequency of the most common class over 2 (sampling.choose_threshold),
+    # counted here from the training records themselves.
+    from tfmaskrcnn.data.records import decoded_examples
+
+    images, images_with = 0, np.zeros(3)
+    for _, _, example in decoded_examples(shapes_records["train"], include_mask=False):
+        images += 1
+        for class_id in set(example["groundtruth_classes"].tolist()):
+            images_with[class_id - 1] += 1
+    assert images == 24 and images_with.min() > 0
+    assert params.task.train_data.sampling.threshold == pytest.approx(images_with.max() / images / 2.0)
     # Resolving again is a no-op: what params.yaml records is what runs.
     experiment.resolve_config(params.task)
     assert params.task.class_balance.weighting.weights == weights
