@@ -59,7 +59,12 @@ def _shrunk(params, records):
 
 def test_every_experiment_is_covered():
     names = _registered_experiments()
-    assert {"tfmaskrcnn_shapes_cpu", "tfmaskrcnn_r50fpn_gpu", "tfmaskrcnn_r50fpn_tpu"} <= set(names)
+    assert {
+        "tfmaskrcnn_shapes_cpu",
+        "tfmaskrcnn_mobilenetv2_cpu",
+        "tfmaskrcnn_r50fpn_gpu",
+        "tfmaskrcnn_r50fpn_tpu",
+    } <= set(names)
 
 
 @pytest.mark.slow
