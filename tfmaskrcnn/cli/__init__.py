@@ -66,10 +66,23 @@ def main(argv: list[str] | None = None) -> int:
             if stop.code == 1 and ("--help" in argv or "-h" in argv):
                 raise SystemExit(0) from None
             raise
+    args = subcommand_parser(name, module).parse_args(argv[1:])
+    return int(module.main(args) or 0)
+
+
+def subcommand_parser(name: str, module=None) -> argparse.ArgumentParser:
+    """The argparse parser of one sub-command (not `train`, whose flags are Model Garden's absl flags).
+
+    Most sub-command modules import TensorFlow only when their command runs, so reading the parsers
+    is cheap (tests/test_readme.py checks README's commands against them).
+    """
+    module_name, help_text = SUBCOMMANDS[name]
+    module = module or importlib.import_module(module_name)
+    if not hasattr(module, "add_arguments"):
+        raise ValueError(f"`tfmaskrcnn {name}` takes absl flags, not an argparse parser")
     parser = argparse.ArgumentParser(prog=f"tfmaskrcnn {name}", description=help_text)
     module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
-    return int(module.main(args) or 0)
+    return parser
 
 
 if __name__ == "__main__":
