@@ -9,6 +9,10 @@ The config is resolved against the data (label map, num_classes, class weights, 
 threshold, validation num_examples) here, once, before `params.yaml` is written, so the model
 dir records exactly what ran; the task, export and inference only check the resolved config
 (`config_resolution.check_resolved`) and never read the training data.
+`runtime.num_gpus` is resolved next (`tfmaskrcnn.tasks.runtime_resolution`): -1, the GPU
+experiment's default, becomes every visible GPU, and training stops when there is none; the
+strategy and its devices are printed and written at the top of params.yaml.
+`tfmaskrcnn train --help` lists the registered experiments and the main flags.
 Re-running on the same model dir resumes from its last complete checkpoint (Model Garden's
 trainer restores it; a checkpoint damaged by a kill is set aside first, see
 `tfmaskrcnn.tasks.checkpoint_recovery`): step count and optimizer state continue, and the seeded
