@@ -239,9 +239,10 @@ def main_argv(argv) -> int:
     from absl import app  # pylint: disable=g-import-not-at-top
 
     if any(arg in HELP_FLAGS for arg in argv[1:]):
-        # absl's --help shows only the flags of the __main__ module, which has none here.
+        # absl's --help shows only the flags of the __main__ module, which has none here. Exits
+        # like argparse's --help of the other sub-commands.
         print(help_text(argv[0]))
-        return 0
+        raise SystemExit(0)
     define_flags()
     app.run(main, argv=list(argv))
     return 0
