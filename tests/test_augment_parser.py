@@ -14,7 +14,7 @@ from test_augment import make_example
 from tfmaskrcnn.augment import ops as augment
 from tfmaskrcnn.augment import presets as augment_presets
 from tfmaskrcnn.augment import preview as show_augment
-from tfmaskrcnn.dataloaders.parser import AugmentingParser
+from tfmaskrcnn.dataloaders.parser import AugmentingParser, augment_decoded
 
 PARSER_ARGS = dict(
     output_size=[64, 64],
@@ -133,7 +133,9 @@ def test_rot90_updates_image_size_and_keeps_crowd_flags(records):
         return out["image"], out["boxes"], out["masks"], out["classes"], out["extras"]
 
     parser = AugmentingParser(augmenter=quarter_turn, skip_crowd_during_training=False, **PARSER_ARGS)
+    crowd_skipping = AugmentingParser(augmenter=quarter_turn, skip_crowd_during_training=True, **PARSER_ARGS)
     decoder = tf_example_decoder.TfExampleDecoder(include_mask=True, regenerate_source_id=False)
+    crowd_seen = 0
     for record in records:
         data = decoder.decode(tf.constant(record))
         _, labels = parser._parse_train_data(data)
@@ -141,6 +143,15 @@ def test_rot90_updates_image_size_and_keeps_crowd_flags(records):
         original_size = labels["image_info"][0].numpy()
         np.testing.assert_array_equal(original_size, [width, height])
         assert int((labels["gt_classes"].numpy() > 0).sum()) == int(tf.shape(data["groundtruth_classes"])[0])
+        # The crowd flags come out of the turn with their instances (rot90 keeps every instance,
+        # in order), and Model Garden's crowd skipping then drops exactly the crowd instances.
+        is_crowd = data["groundtruth_is_crowd"].numpy()
+        turned = augment_decoded(data, quarter_turn)
+        np.testing.assert_array_equal(turned["groundtruth_is_crowd"].numpy(), is_crowd)
+        _, skipped_labels = crowd_skipping._parse_train_data(data)
+        assert int((skipped_labels["gt_classes"].numpy() > 0).sum()) == int((~is_crowd).sum())
+        crowd_seen += int(is_crowd.sum())
+    assert crowd_seen > 0
 
 
 def test_show_augment_writes_a_grid(tmp_path, records, capsys):
@@ -237,3 +248,13 @@ def test_float_image_from_the_augmenter_reaches_the_model_like_the_stock_uint8_o
     for (stock_image, stock_labels), (image, labels) in zip(stock, ours):
         np.testing.assert_allclose(image, stock_image, atol=1e-5)
         np.testing.assert_array_equal(labels["gt_masks"], stock_labels["gt_masks"])
+    # The same float path with an augmenter that does something: a horizontal flip must reach the
+    # model, so the image is the stock one mirrored within the resized image (padding stays right/below).
+    flip = augment_presets.make_augmenter(augment.AugmentationParams(hflip_prob=1.0), unit_float_image=True)
+    flipped = parse_all(AugmentingParser(augmenter=flip, **PARSER_ARGS), records)
+    for (stock_image, stock_labels), (image, labels) in zip(stock, flipped):
+        np.testing.assert_array_equal(labels["image_info"], stock_labels["image_info"])
+        height, width = np.round(labels["image_info"][0] * labels["image_info"][2]).astype(int)  # resized image
+        np.testing.assert_allclose(image[:height, :width], stock_image[:height, :width][:, ::-1], atol=1e-4)
+        if (stock_labels["gt_classes"] > 0).any():  # the example without instances is a plain background
+            assert not np.allclose(image[:height, :width], stock_image[:height, :width], atol=1e-3)
