@@ -163,17 +163,16 @@ def test_refuses_a_truncated_file_naming_it(torchvision_file, tmp_path):
 
 
 @pytest.mark.slow
-def test_refuses_a_file_of_another_architecture_naming_the_first_mismatch(state, tmp_path):
+def test_refuses_a_file_of_another_architecture_naming_the_first_mismatch(state, tmp_path, capsys):
     from tfmaskrcnn import cli
+    from tfmaskrcnn.tasks import backbone_import
 
     bad = dict(state)
     bad["features.4.conv.1.0.weight"] = np.zeros((144, 1, 5, 5), np.float32)  # 5x5 depthwise in block 4
     bad["features.9.conv.2.weight"] = np.zeros((64, 384, 3, 3), np.float32)  # a later mismatch, not named
     write_zip_checkpoint(str(tmp_path / "bad.pth"), bad)
     output = tmp_path / "out"
-    with pytest.raises(Exception) as caught:
-        from tfmaskrcnn.tasks import backbone_import
-
+    with pytest.raises(backbone_import.BackboneImportError) as caught:
         backbone_import.import_torchvision_backbone(str(tmp_path / "bad.pth"), str(output))
     message = str(caught.value)
     assert "bad.pth: tensor features.4.conv.1.0.weight has shape (144, 1, 5, 5), expected (144, 1, 3, 3)" in message
@@ -183,7 +182,11 @@ def test_refuses_a_file_of_another_architecture_naming_the_first_mismatch(state,
     missing = {k: v for k, v in state.items() if not k.startswith("features.12.")}
     write_zip_checkpoint(str(tmp_path / "short.pth"), missing)
     argv = ["import-backbone", "--from", "torchvision", "--arch", "mobilenet_v2", str(tmp_path / "short.pth")]
+    capsys.readouterr()
     assert cli.main(argv + ["--output", str(output)]) == 1
+    assert "short.pth: tensor features.12.conv.0.0.weight is missing (expected shape (576, 96, 1, 1))" in (
+        capsys.readouterr().err
+    )
     assert not output.exists()
 
 
