@@ -86,8 +86,24 @@ def worker_main(config_path: str) -> None:
 
     train.distribute_utils.get_distribution_strategy = recording_strategy
 
+    # The weights the model starts from (Model Garden's build_model calls it once, so every
+    # variable exists; the strategy has synced them from the chief).
+    from tfmaskrcnn.tasks.maskrcnn import TfMaskRCNNTask
+
+    initial = {}
+    build_model = TfMaskRCNNTask.build_model
+
+    def recording_build_model(self):
+        model = build_model(self)
+        if not initial:
+            initial.update({f"{i}:{v.name}": np.asarray(v.numpy()) for i, v in enumerate(model.weights)})
+        return model
+
+    TfMaskRCNNTask.build_model = recording_build_model
+
     params = _worker_params(spec["records"], spec["sampling"])
     model, _ = train.run(params, spec["model_dir"], "train")
+    np.savez(spec["out"] + ".initial.npz", **initial)
     weights = {f"{i}:{v.name}": np.asarray(v.numpy()) for i, v in enumerate(model.weights)}
 
     # This worker's own training stream, built as the trainer builds it.
@@ -154,6 +170,12 @@ def test_two_workers_train_to_identical_weights_with_their_own_sampling_streams(
         np.testing.assert_array_equal(chief[name], worker[name], err_msg=name)
     # Training moved the weights: compare with a fresh model is costly; the checkpoint step shows it.
     assert any(p.name.startswith(f"ckpt-{STEPS}.") for p in (tmp_path / "model_0").iterdir())
+    # ... and so do the weights themselves: identical weights also hold if neither worker updated.
+    initial = dict(np.load(str(tmp_path / "worker_0.npz.initial.npz")))
+    assert sorted(initial) == names
+    moved = [name for name in names if not np.array_equal(chief[name], initial[name])]
+    assert any("detection-scores" in name for name in moved), moved
+    assert len(moved) >= len(names) // 2, f"{len(moved)} of {len(names)} weights moved"
     # Each worker drew with its own seed (seed + input_pipeline_id) and saw its own stream.
     assert set(chief["seeds"].tolist()) == {SEED} and set(worker["seeds"].tolist()) == {SEED + 1}
     assert chief["boxes"].shape == worker["boxes"].shape
