@@ -32,8 +32,31 @@ def test_weighted_and_sampled_training_runs(shapes_records, tiny_experiment, tmp
     params.task.class_balance.weighting.scheme = "sqrt_inverse"
     params.task.train_data.sampling.type = "repeat_factor"
     params.task.train_data.parser.augmentation.preset = "standard"
-    _, logs = train.run(params, str(tmp_path / "run"), "train", post_eval=True)
+    model_dir = tmp_path / "run"
+    _, logs = train.run(params, str(model_dir), "train", post_eval=True)
     assert "mask_AP/triangle" in logs and "bbox_AP/square" in logs
+
+    # The run trained with the sqrt-inverse weights of these records' instance counts (background 1,
+    # n_c * w_c averaging 1) and the repeat-factor threshold, as params.yaml and class_balance.md record.
+    import numpy as np
+    import yaml
+
+    from tfmaskrcnn.data.records import decoded_examples
+
+    counts = np.zeros(3)
+    for _, _, example in decoded_examples(shapes_records["train"], include_mask=False):
+        np.add.at(counts, example["groundtruth_classes"] - 1, 1)
+    raw = 1.0 / np.sqrt(counts)
+    expected = [1.0, *(raw * counts.sum() / (counts * raw).sum())]
+    recorded = yaml.safe_load((model_dir / "params.yaml").read_text())["task"]
+    np.testing.assert_allclose(recorded["class_balance"]["weighting"]["weights"], expected, rtol=1e-6)
+    assert not np.allclose(expected, 1.0)  # the counts differ, so the weights do
+    threshold = recorded["train_data"]["sampling"]["threshold"]
+    assert recorded["train_data"]["sampling"]["type"] == "repeat_factor" and threshold > 0
+    report = (model_dir / "class_balance.md").read_text()
+    assert (
+        "weighting scheme: sqrt_inverse" in report and f"sampling: repeat_factor, threshold {threshold:.4g}" in report
+    )
 
 
 def test_two_steps_on_real_coco_photos(coco_tiny_dir, tiny_experiment, tmp_path):
