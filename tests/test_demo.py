@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -65,6 +66,10 @@ def test_quick_demo_writes_the_whole_story(tmp_path, capsys):
     assert summary["rarest_class"] == "triangle"
     assert set(summary["alarm"]) == {"baseline", "cure"}
     assert all(v in ("ok", "warning", "collapse") for v in summary["alarm"].values())
+    # 6 steps train no detector: nothing reaches the 0.5 operating point, every class with ground
+    # truth goes unfound, and both runs' alarm says COLLAPSE, in summary.json and the printed table.
+    assert summary["alarm"] == {"baseline": "collapse", "cure": "collapse"}
+    assert re.search(r"collapse alarm\s+COLLAPSE\s+COLLAPSE", printed)
 
     report = (out / "report.html").read_text()
     for words in ("baseline", "cure", "Collapse alarm", "Confusion matrices", "doctor", "SavedModel"):
@@ -79,6 +84,8 @@ def test_quick_demo_writes_the_whole_story(tmp_path, capsys):
     for run in ("baseline", "cure"):
         metrics = json.loads((out / "eval" / run / "metrics.json").read_text())
         assert set(metrics["per_class"]) == set(NAMES)
+        assert metrics["alarm"]["verdict"] == summary["alarm"][run]
+        assert any("never found" in reason for reason in metrics["alarm"]["reasons"]), metrics["alarm"]
         assert (out / "eval" / run / "confusion_matrix.png").exists()
     assert "compare" in json.loads((out / "eval" / "cure" / "metrics.json").read_text())
     doctor = json.loads((out / "doctor" / "doctor.json").read_text())
