@@ -73,8 +73,8 @@ def prepare_convert(args: argparse.Namespace) -> int | None:
 
 def prepare_audit(args: argparse.Namespace):
     """(exit code or None, ImportedDataset or None): the import for `tfmaskrcnn audit --annotations EXPORT`."""
-    if not args.annotations:
-        return None, None  # auditing converted records
+    if not args.annotations or args.records:
+        return None, None  # auditing converted records (the command refuses RECORDS with --annotations)
     try:
         imported = _import(args)
         if imported is not None and args.val_annotations:

@@ -31,6 +31,8 @@ def detect_format(path: str) -> Detection:
         return Detection("coco", path, "a remote path; only COCO JSON is read from there")
     if os.path.isfile(path):
         return _detect_file(path)
+    if path.lower().endswith(".json"):  # a missing COCO file: the COCO path reports it, as it always did
+        return Detection("coco", path, "a JSON file name (COCO instances)")
     if not os.path.isdir(path):
         raise ExportFormatError(f"{path} does not exist (--annotations)")
     found = []
