@@ -127,3 +127,29 @@ def _tiny_experiment(records: dict, train_steps: int = 2):
 def tiny_experiment():
     """Factory: tiny_experiment(records, train_steps=2) -> ExperimentConfig."""
     return _tiny_experiment
+
+
+# ------------------------------------------------ tiny models built or trained once per session
+# Building and tracing the Model Garden model is most of a tiny test's time, so each model the
+# suite needs is made once here and shared read-only. A test that writes into a run folder
+# (resumes it, trains it further) copies it first with `copy_run`.
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(shapes_records, tmp_path_factory) -> str:
+    """A model dir of the tiny experiment trained 2 steps on `shapes_records` (ckpt-1, ckpt-2).
+
+    Read-only: the doctor, NaN-recovery and resume tests start from it (copies where they write).
+    """
+    from tfmaskrcnn.cli import train
+
+    model_dir = str(tmp_path_factory.mktemp("tiny_run") / "run")
+    train.run(_tiny_experiment(shapes_records, train_steps=2), model_dir, "train")
+    return model_dir
+
+
+def copy_run(model_dir: str, destination) -> str:
+    """A private copy of a shared run folder (checkpoint paths in its `checkpoint` file are relative)."""
+    import shutil
+
+    return shutil.copytree(model_dir, str(destination))

@@ -141,15 +141,16 @@ def test_kill_9_then_the_same_command_resumes_from_the_newest_complete_checkpoin
 
 @pytest.mark.slow
 def test_nan_loss_stops_with_the_step_and_the_causes_and_keeps_the_last_good_checkpoint(
-    shapes_records, tiny_experiment, tmp_path
+    tiny_run_dir, shapes_records, tiny_experiment, tmp_path
 ):
     import tensorflow as tf
+    from conftest import copy_run
 
     from tfmaskrcnn.cli import train
     from tfmaskrcnn.tasks import checkpoint_recovery
 
-    model_dir = str(tmp_path / "run")
-    train.run(tiny_experiment(shapes_records, train_steps=2), model_dir, "train")
+    # The session's 2-step run of tiny_experiment(shapes_records), copied: divergence writes into it.
+    model_dir = copy_run(tiny_run_dir, tmp_path / "run")
     good = tf.train.latest_checkpoint(model_dir)
     assert good.endswith("ckpt-2")
 

@@ -9,9 +9,11 @@ from tfmaskrcnn.cli import train
 pytestmark = pytest.mark.slow
 
 
-def test_two_steps_train_write_the_model_dir_and_resume(shapes_records, tiny_experiment, tmp_path):
-    model_dir = str(tmp_path / "run")
-    train.run(tiny_experiment(shapes_records, train_steps=2), model_dir, "train")
+def test_two_steps_train_write_the_model_dir_and_resume(tiny_run_dir, shapes_records, tiny_experiment, tmp_path):
+    from conftest import copy_run
+
+    # The session's 2-step run (tiny_experiment on shapes_records), copied: this test trains it further.
+    model_dir = copy_run(tiny_run_dir, tmp_path / "run")
     files = set(os.listdir(model_dir))
     assert {"params.yaml", "class_balance.md", "checkpoint"} <= files
     assert any(name.startswith("ckpt-2") for name in files)
