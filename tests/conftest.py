@@ -153,3 +153,18 @@ def copy_run(model_dir: str, destination) -> str:
     import shutil
 
     return shutil.copytree(model_dir, str(destination))
+
+
+@pytest.fixture(scope="session")
+def untrained_model_dir(tmp_path_factory) -> dict:
+    """A model dir like training writes (params.yaml + ckpt-1) holding the initial weights of the
+    3-class tiny model, on its own 6 + 4 shapes images: {'model_dir', 'records', 'root', 'detector'}.
+
+    `detector` is the in-memory CheckpointDetector whose weights were saved. Shared read-only by
+    the export and calibration tests (each writes its exports under its own folder).
+    """
+    from test_export import make_untrained_model_dir
+
+    root = tmp_path_factory.mktemp("untrained")
+    model_dir, records, detector = make_untrained_model_dir(root)
+    return {"model_dir": model_dir, "records": records, "root": root, "detector": detector}

@@ -169,12 +169,10 @@ def test_balance_selection_keeps_the_gamma_that_over_predicts_least_not_the_best
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from test_export import make_untrained_model_dir
-
-    root = tmp_path_factory.mktemp("calibration")
-    model_dir, records, _ = make_untrained_model_dir(root)
-    return {"model_dir": model_dir, "records": records, "root": root}
+def model_dir(untrained_model_dir, tmp_path_factory):
+    """The session's untrained model dir (conftest.py, shared with the export tests); exports go
+    under this module's own folder."""
+    return {**untrained_model_dir, "root": tmp_path_factory.mktemp("calibration")}
 
 
 def _calibration(model_dir, gamma):

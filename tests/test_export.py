@@ -51,12 +51,14 @@ def make_untrained_model_dir(tmp_dir) -> tuple:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(untrained_model_dir, tmp_path_factory):
     from tfmaskrcnn.serving import detector as inference
     from tfmaskrcnn.serving import export
 
+    # The session's untrained model dir (conftest.py; the calibration tests share it).
+    model_dir, records = untrained_model_dir["model_dir"], untrained_model_dir["records"]
+    reference = untrained_model_dir["detector"]
     root = tmp_path_factory.mktemp("export")
-    model_dir, records, reference = make_untrained_model_dir(root)
     params = inference.load_params(os.path.join(model_dir, "params.yaml"))
     export_dir = os.path.join(str(root), "saved_model")
     verification = export.export_model(
