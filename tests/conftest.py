@@ -168,3 +168,17 @@ def untrained_model_dir(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("untrained")
     model_dir, records, detector = make_untrained_model_dir(root)
     return {"model_dir": model_dir, "records": records, "root": root, "detector": detector}
+
+
+@pytest.fixture(scope="session")
+def tiny_task_and_model(shapes_records, tmp_path_factory):
+    """(params, task, model) of the 3-class tiny experiment, built once. Tests that change the
+    model's weights put them back or do not depend on them (initialize overwrites them)."""
+    from official.core import task_factory
+
+    from tfmaskrcnn.tasks import config_resolution
+
+    params = _tiny_experiment(shapes_records)
+    config_resolution.resolve_config(params.task)
+    task = task_factory.get_task(params.task, logging_dir=str(tmp_path_factory.mktemp("tiny_task")))
+    return params, task, task.build_model()

@@ -44,16 +44,10 @@ def pretrained_dir(pretrain_records, tiny_experiment, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def demo_task_and_model(shapes_records, tiny_experiment, tmp_path_factory):
-    """The 3-class demo model, built once (initialize is called on it by several tests)."""
-    from official.core import task_factory
-
-    from tfmaskrcnn.tasks import config_resolution
-
-    params = tiny_experiment(shapes_records)
-    config_resolution.resolve_config(params.task)
-    task = task_factory.get_task(params.task, logging_dir=str(tmp_path_factory.mktemp("demo_init")))
-    return params, task, task.build_model()
+def demo_task_and_model(tiny_task_and_model):
+    """The 3-class demo model: the session's tiny task and model (conftest.py). initialize is called
+    on it by several tests; none depends on the weights it had before."""
+    return tiny_task_and_model
 
 
 def _variables_by_name(model) -> dict:
