@@ -50,3 +50,44 @@ def test_works_in_a_tf_function_with_half_precision_logits():
     signals = tf.function(training_signals.collapse_signals)(logits, TARGETS)
     assert float(signals["foreground_accuracy"]) == pytest.approx(2 / 5)
     np.testing.assert_array_equal(signals["predicted_class_histogram"].numpy(), [1, 3, 0, 1])
+
+
+@pytest.mark.slow
+def test_a_real_train_step_logs_the_share_of_the_class_the_head_over_predicts(tiny_task_and_model):
+    """The metrics training adds (fg_accuracy, fg_predicted_background, fg_predicted_share/<class>),
+    from the task's own train_step on a shapes batch, with the class-logit bias set so that the
+    head predicts one class (or background) for every RoI. Learning rate 0 and one seed: every
+    step samples the same RoIs, so the fg_accuracy of the three single-class heads adds up to 1."""
+    import tf_keras
+
+    from tfmaskrcnn.serving.calibration import class_logit_layers
+
+    params, task, model = tiny_task_and_model
+    names = task.label_map.names
+    batch = next(iter(task.build_inputs(params.task.train_data)))
+    optimizer = tf_keras.optimizers.SGD(learning_rate=0.0)
+
+    def logs_of_a_step():
+        metrics = task.build_metrics(training=True)
+        tf_keras.utils.set_random_seed(7)
+        task.train_step(batch, model, optimizer, metrics=metrics)
+        return {m.name: float(m.result()) for m in metrics}
+
+    logs_of_a_step()  # Keras creates the heads' weights on the first call
+    (classifier,) = class_logit_layers(model)
+    trained_bias = classifier.bias.numpy()
+    accuracy = {}
+    try:
+        for favoured in range(len(names) + 1):  # 0: background
+            classifier.bias.assign(trained_bias + 100.0 * np.eye(len(trained_bias), dtype=np.float32)[favoured])
+            logs = logs_of_a_step()
+            for class_id, name in enumerate(names, start=1):
+                share = logs[f"fg_predicted_share/{name}"]
+                assert share == (1.0 if class_id == favoured else 0.0), (favoured, name, logs)
+            assert logs["fg_predicted_background"] == (1.0 if favoured == 0 else 0.0), (favoured, logs)
+            accuracy[favoured] = logs["fg_accuracy"]
+    finally:
+        classifier.bias.assign(trained_bias)
+    assert accuracy[0] == 0.0
+    # Each foreground RoI has one target class: its single-class head is right, the others wrong.
+    assert sum(accuracy[c] for c in range(1, len(names) + 1)) == pytest.approx(1.0, abs=1e-6), accuracy
