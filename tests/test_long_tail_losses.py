@@ -41,41 +41,42 @@ def _random_case(num_rois=12, num_classes=5, seed=0):
 
 
 def test_seesaw_hand_computed_value_and_gradient():
-    # One RoI of class 1, logits all 0 (background, class 1, class 2), counts N1 = 4, N2 = 1, p = 0.5.
+    # One RoI of class 1, logits all 0 (background b, class 1, class 2), counts N1 = 4, N2 = 1, p = 0.5.
     # Compensation: sigma = (0.5, 0.5), no class scores above the true one -> 1.
     # Mitigation of class 2: (N2 / N1)^0.5 = 0.5 -> class logits (0, log 0.5): CE = log(1 + 0.5).
-    # Objectness logit log(e^0 + e^0) - 0 = log 2, foreground: log(1 + 1/2). Total 2 log 1.5.
+    # Objectness logit -b = 0, foreground: log(1 + e^0) = log 2. Total log 3.
     def fn(logits):
         return long_tail.seesaw_per_roi(logits, tf.constant([1]), tf.constant([4.0, 1.0]), p=0.5, q=2.0)[0]
 
     value, grad = _value_and_grad(fn, [[0.0, 0.0, 0.0]])
-    np.testing.assert_allclose(value, 2 * np.log(1.5), rtol=1e-6)
-    # d/dz_fg = softmax(adjusted) - onehot + (sigmoid(o) - 1) * sigma = (2/3 - 1, 1/3) - 1/3 * (1/2, 1/2);
-    # d/dz_0 = -(sigmoid(o) - 1) = 1/3.
-    np.testing.assert_allclose(grad, [[1 / 3, -1 / 2, 1 / 6]], atol=1e-6)
+    np.testing.assert_allclose(value, np.log(3.0), rtol=1e-6)
+    # d/dz_fg = softmax(adjusted) - onehot = (2/3 - 1, 1/3); d/db = sigmoid(b) = 1/2.
+    np.testing.assert_allclose(grad, [[1 / 2, -1 / 3, 1 / 3]], atol=1e-6)
 
 
 def test_seesaw_compensation_hand_computed():
     # Class 1 true, class 2 scored higher: logits (0, 0, log 3) -> sigma = (1/4, 3/4); equal counts
     # (no mitigation); compensation (3/4 / 1/4)^q = 9 for q = 2 -> class logits (0, log 27):
-    # CE = log(1 + 27) = log 28. Objectness log(1 + 3) - 0 = log 4: log(1 + 1/4).
+    # CE = log(1 + 27) = log 28. Objectness -b = 0: log 2.
     value = long_tail.seesaw_per_roi(
         tf.constant([[0.0, 0.0, np.log(3.0)]], tf.float32), tf.constant([1]), tf.constant([5.0, 5.0]), p=0.8, q=2.0
     )
-    np.testing.assert_allclose(value.numpy(), [np.log(28.0) + np.log(1.25)], rtol=1e-6)
+    np.testing.assert_allclose(value.numpy(), [np.log(28.0) + np.log(2.0)], rtol=1e-6)
 
 
 def _numpy_seesaw(logits, targets, counts, p, q, eps=1e-2):
-    """Loops over the paper's definitions, one RoI and class pair at a time."""
+    """mmdetection's SeesawLoss, one RoI and class pair at a time, on its K + 2 channel layout:
+    K class logits and the objectness pair (fg, bg) = (0, b), whose softmax is (σ(−b), σ(b))."""
     total = 0.0
     for z, t in zip(logits.astype(np.float64), targets):
         fg = z[1:]
-        lse = np.log(np.sum(np.exp(fg)))
-        obj = lse - z[0]
-        total += np.log1p(np.exp(-obj)) if t > 0 else np.log1p(np.exp(obj))
+        objectness = np.array([0.0, z[0]])  # mmdetection: [..., -2] positive, [..., -1] negative
+        obj_label = 0 if t > 0 else 1
+        total += np.log(np.sum(np.exp(objectness))) - objectness[obj_label]
         if t == 0:
             continue
         i = t - 1
+        lse = np.log(np.sum(np.exp(fg)))
         sigma = np.exp(fg - lse)
         adjusted = fg.copy()
         for j in range(len(fg)):
@@ -101,18 +102,39 @@ def test_seesaw_matches_numpy_reference_and_counts_running_targets():
     np.testing.assert_allclose(float(value), _numpy_seesaw(logits, targets, counts, 0.8, 2.0), rtol=1e-5)
 
 
-def test_seesaw_with_p_q_zero_is_softmax_cross_entropy():
+def test_seesaw_background_rois_send_no_gradient_into_the_class_logits():
+    logits, targets = _random_case(seed=4)
+    targets[-4:] = 0  # four background RoIs at least
+    counts = tf.constant([100.0, 3.0, 1.0, 40.0])
+
+    def seesaw(x):
+        return tf.reduce_mean(long_tail.seesaw_per_roi(x, tf.constant(targets), counts, p=0.8, q=2.0))
+
+    _, grad = _value_and_grad(seesaw, logits)
+    background = targets == 0
+    assert np.all(grad[background, 1:] == 0.0), grad[background]  # exactly: the class term is masked
+    # loss softplus(-b) -> d/db = -sigmoid(-b): a background RoI raises its background logit only.
+    np.testing.assert_allclose(grad[background, 0], -_sigmoid(-logits[background, 0]) / len(targets), rtol=1e-5)
+    assert np.all(np.abs(grad[~background, 1:]).sum(axis=1) > 0)  # foreground RoIs do train the classes
+
+
+def test_seesaw_with_p_q_zero_is_objectness_bce_plus_class_cross_entropy():
     logits, targets = _random_case(seed=3)
     counts = tf.constant([100.0, 3.0, 1.0, 40.0])
 
     def seesaw(x):
         return tf.reduce_mean(long_tail.seesaw_per_roi(x, tf.constant(targets), counts, p=0.0, q=0.0))
 
-    def softmax(x):
-        return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=tf.one_hot(targets, 5), logits=x))
+    def plain(x):
+        is_fg = tf.cast(targets > 0, tf.float32)
+        objectness = tf.nn.sigmoid_cross_entropy_with_logits(labels=is_fg, logits=-x[:, 0])
+        classes = tf.nn.softmax_cross_entropy_with_logits(
+            labels=tf.one_hot(np.maximum(targets - 1, 0), 4), logits=x[:, 1:]
+        )
+        return tf.reduce_mean(objectness + is_fg * classes)
 
     value, grad = _value_and_grad(seesaw, logits)
-    expected_value, expected_grad = _value_and_grad(softmax, logits)
+    expected_value, expected_grad = _value_and_grad(plain, logits)
     np.testing.assert_allclose(value, expected_value, rtol=1e-5)
     np.testing.assert_allclose(grad, expected_grad, atol=1e-6)
 
@@ -369,8 +391,6 @@ def _params():
     [
         ({"loss_type": "seesw"}, "use one of softmax, sigmoid_focal, seesaw, eqlv2, federated"),
         ({"loss_type": "seesaw", "scheme": "sqrt_inverse"}, "weighting.scheme none"),
-        ({"loss_type": "eqlv2"}, "use_sigmoid_probability true"),
-        ({"loss_type": "seesaw", "sigmoid": True}, "use_sigmoid_probability false"),
         ({"loss_type": "federated", "sigmoid": True}, "fed_loss_class_counts is empty"),
         ({"loss_type": "federated", "sigmoid": True, "counts": [1, 2, 3]}, "background first"),
     ],
@@ -387,6 +407,50 @@ def test_config_check_says_the_fix(change, message):
         config_resolution.check_long_tail_loss(task)
 
 
+@pytest.mark.parametrize(
+    "loss_type, given, resolved",
+    [
+        ("eqlv2", False, True),  # Model Garden's default false counts as unset: the loss sets it
+        ("federated", False, True),
+        ("sigmoid_focal", False, True),
+        ("eqlv2", True, True),
+        ("seesaw", False, False),
+        ("softmax", False, False),
+    ],
+)
+def test_the_loss_resolves_its_scoring(loss_type, given, resolved):
+    from tfmaskrcnn.tasks import config_resolution
+
+    task = _params()
+    task.class_balance.loss_type = loss_type
+    task.model.detection_generator.use_sigmoid_probability = given
+    scoring = config_resolution.resolve_scoring(task)
+    assert task.model.detection_generator.use_sigmoid_probability is resolved
+    assert scoring.startswith("sigmoid") is resolved
+    note = config_resolution.scoring_note(task)
+    assert f"use_sigmoid_probability={str(resolved).lower()}" in note and loss_type in note
+
+
+@pytest.mark.parametrize("loss_type", ["seesaw", "softmax"])
+def test_an_explicit_contradicting_scoring_is_refused(loss_type):
+    from tfmaskrcnn.tasks import config_resolution
+
+    task = _params()
+    task.class_balance.loss_type = loss_type
+    task.model.detection_generator.use_sigmoid_probability = True
+    with pytest.raises(config_resolution.ConfigError, match="trains softmax scores"):
+        config_resolution.resolve_scoring(task)
+
+
+def test_a_resolved_config_must_carry_the_scoring():
+    from tfmaskrcnn.tasks import config_resolution
+
+    task = _params()
+    task.class_balance.loss_type = "sigmoid_focal"
+    with pytest.raises(config_resolution.UnresolvedConfigError, match="scores with sigmoid"):
+        config_resolution.resolve_scoring(task, resolve=False)
+
+
 # ------------------------------------------------------- the task, one step each
 
 
@@ -400,14 +464,16 @@ def test_task_trains_one_step_and_checkpoints_the_statistics(loss_type, shapes_r
     def build():
         params = tiny_experiment(shapes_records)
         params.task.class_balance.loss_type = loss_type
-        params.task.model.detection_generator.use_sigmoid_probability = loss_type != "seesaw"
-        config_resolution.resolve_config(params.task)
+        config_resolution.resolve_config(params.task)  # sets the scoring the loss needs
         task = task_factory.get_task(params.task)
         model = task.build_model()
         optimizer = task.create_optimizer(params.trainer.optimizer_config, params.runtime)
         return params, task, model, optimizer
 
     params, task, model, optimizer = build()
+    assert params.task.model.detection_generator.use_sigmoid_probability is (loss_type != "seesaw")
+    expected_scoring = {"seesaw": "softmax_objectness", "eqlv2": "sigmoid_objectness"}.get(loss_type)
+    assert getattr(model.detection_generator, "scoring", None) == expected_scoring
     if loss_type == "federated":  # image counts of the 3 shapes, background first
         counts = params.task.class_balance.fed_loss_class_counts
         assert len(counts) == 4 and counts[0] == 0 and min(counts[1:]) > 0

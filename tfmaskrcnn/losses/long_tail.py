@@ -6,16 +6,16 @@ with column 0 background and columns 1..K = C - 1 the classes; `class_targets` [
 RoIs and divided by the RoI count B * R, as mmdetection and detectron2 do.
 
 - Seesaw (Wang et al., CVPR 2021; as mmdetection's `SeesawLoss`): the background is an
-  objectness split. mmdetection adds two objectness logits to the head; here the split is
-  read off the C logits the head already has: the objectness logit is
-  logsumexp(z_1..z_K) - z_0, so sigmoid(objectness) * softmax(z_1..z_K) is exactly the
-  stock softmax over C that Model Garden's detection generator applies at inference.
-  Loss = BCE(objectness, is_foreground) + [foreground RoIs] seesaw cross-entropy over the K
-  class logits, where a negative class j of a RoI of class i has its logit shifted by
-  log S_ij, S_ij = M_ij * C_ij: mitigation M_ij = (N_j / N_i)^p when N_j < N_i (N: running
-  counts of foreground RoI targets, this step's included, clamped at 1), compensation
-  C_ij = (σ_j / σ_i)^q when σ_j > σ_i (σ: softmax of the detached class logits). With
-  p = q = 0 the loss is the plain softmax cross-entropy over C.
+  objectness split. mmdetection's head has K class logits plus two objectness logits, of which
+  only the difference matters; here column 0 is that one objectness logit, read as the
+  background logit b (P(foreground) = σ(−b)), and columns 1..K are the class logits.
+  Loss = BCE(−b, is_foreground) + [foreground RoIs] seesaw cross-entropy over the K class
+  logits, so background RoIs train b alone and send no gradient into the class logits.
+  A negative class j of a RoI of class i has its logit shifted by log S_ij, S_ij = M_ij * C_ij:
+  mitigation M_ij = (N_j / N_i)^p when N_j < N_i (N: running counts of foreground RoI
+  targets, this step's included, clamped at 1), compensation C_ij = (σ_j / σ_i)^q when
+  σ_j > σ_i (σ: softmax of the detached class logits). The detection score is
+  softmax(z_1..z_K)_c · σ(−b), mmdetection's (`tfmaskrcnn.losses.scoring`, `softmax_objectness`).
 - EQLv2 (Tan et al., CVPR 2021; as its authors' mmdetection code): sigmoid BCE over all C
   columns (column 0 the objectness column, weights always 1), class j's negative gradients
   weighted by f(g_j), positive ones by 1 + α (1 - f(g_j)), f(g) = sigmoid(γ (g - μ)),
@@ -78,14 +78,16 @@ def all_reduce_sum(value):
 def seesaw_per_roi(logits, targets, counts, p: float = 0.8, q: float = 2.0, eps: float = 1e-2):
     """Per-RoI Seesaw loss (objectness BCE + seesaw CE over the classes), shape [N].
 
-    logits [N, C] float32 (column 0 background), targets [N] int32, counts [C - 1] running
-    counts of the foreground classes 1..K (entry k is class k + 1).
+    logits [N, C] float32 (column 0 the background / objectness logit b, columns 1..K the
+    classes), targets [N] int32, counts [C - 1] running counts of the foreground classes 1..K
+    (entry k is class k + 1). The class term is multiplied by is_foreground, so a background
+    RoI's gradient reaches column 0 only.
     """
     tf = _tf()
     num_fg = logits.shape[-1] - 1
     fg_logits = logits[:, 1:]
     is_fg = tf.cast(targets > 0, tf.float32)
-    objectness = tf.reduce_logsumexp(fg_logits, axis=-1) - logits[:, 0]
+    objectness = -logits[:, 0]  # mmdetection's fg - bg objectness logits, one degree of freedom
     objectness_loss = tf.nn.sigmoid_cross_entropy_with_logits(labels=is_fg, logits=objectness)
 
     fg_index = tf.maximum(targets - 1, 0)

@@ -73,7 +73,12 @@ class TfMaskRCNNDetectionModule(detection.DetectionModule):
                 f"{label_map.num_classes} classes (expected num_classes={label_map.num_classes + 1}, "
                 "background + classes); export with the label map the model was trained with"
             )
+        from tfmaskrcnn.losses import scoring  # pylint: disable=g-import-not-at-top
+
         super().__init__(params, **kwargs)
+        # Scored as the training loss defines (eqlv2's and seesaw's background column), as the task's
+        # model is: the serving functions are traced later, with this generator in place.
+        scoring.install_scoring(self.model, scoring.scoring_of(params.task.class_balance.loss_type))
         self.label_map_asset = tf.saved_model.Asset(label_map_file)
         self._class_names = tf.constant(["background"] + list(label_map.names))
         self._full_masks = full_masks

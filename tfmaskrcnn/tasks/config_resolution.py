@@ -176,6 +176,50 @@ def _check_static(task_config) -> None:
         )
 
 
+def resolve_scoring(task_config, resolve: bool = True) -> str:
+    """Sets `model.detection_generator.use_sigmoid_probability` to what the loss's scoring needs
+    (`tfmaskrcnn.losses.scoring`: sigmoid for sigmoid_focal, federated and eqlv2) and returns the
+    scoring. Model Garden's default `false` counts as unset and is resolved; an explicit `true`
+    for a loss that trains softmax scores (softmax, seesaw) contradicts it and is refused. With
+    `resolve` False (a config that should already be resolved) an unset value raises
+    UnresolvedConfigError instead."""
+    from tfmaskrcnn.losses import scoring as scoring_lib  # pylint: disable=g-import-not-at-top
+
+    loss_type = task_config.class_balance.loss_type
+    scoring = scoring_lib.scoring_of(loss_type)
+    wanted = scoring_lib.uses_sigmoid(scoring)
+    generator = task_config.model.detection_generator
+    if bool(generator.use_sigmoid_probability) == wanted:
+        return scoring
+    if generator.use_sigmoid_probability:
+        raise ConfigError(
+            f"task.model.detection_generator.use_sigmoid_probability is true but task.class_balance.loss_type "
+            f"{loss_type} trains softmax scores ({scoring}): remove the setting (the loss sets the scoring) or "
+            "set it false"
+        )
+    if not resolve:
+        raise UnresolvedConfigError(
+            f"task.class_balance.loss_type {loss_type} scores with {scoring} but "
+            f"task.model.detection_generator.use_sigmoid_probability is false: {_RESOLVE_FIX}, "
+            "or set it true"
+        )
+    generator.use_sigmoid_probability = True
+    return scoring
+
+
+def scoring_note(task_config) -> str:
+    """One line saying how detections are scored and which setting carries it (printed at start)."""
+    from tfmaskrcnn.losses import scoring as scoring_lib  # pylint: disable=g-import-not-at-top
+
+    loss_type = task_config.class_balance.loss_type
+    scoring = scoring_lib.scoring_of(loss_type)
+    return (
+        f"scoring: {scoring} ({scoring_lib.FORMULAS[scoring]}), set by task.class_balance.loss_type {loss_type}: "
+        f"task.model.detection_generator.use_sigmoid_probability="
+        f"{str(bool(task_config.model.detection_generator.use_sigmoid_probability)).lower()}"
+    )
+
+
 def check_long_tail_loss(task_config, read_data: bool = False) -> None:
     """Checks `class_balance.loss_type` and the settings the long-tail losses need; with
     `read_data` fills `fed_loss_class_counts` (image count per class, background first) from
@@ -193,17 +237,6 @@ def check_long_tail_loss(task_config, read_data: bool = False) -> None:
         raise ConfigError(
             f"task.class_balance.loss_type {balance.loss_type} balances the classes itself and takes no class "
             "weights: set task.class_balance.weighting.scheme none (and weights empty)"
-        )
-    sigmoid = task_config.model.detection_generator.use_sigmoid_probability
-    if balance.loss_type in ("eqlv2", "federated") and not sigmoid:
-        raise ConfigError(
-            f"task.class_balance.loss_type {balance.loss_type} trains sigmoid class scores: set "
-            "task.model.detection_generator.use_sigmoid_probability true (softmax scores would be meaningless)"
-        )
-    if balance.loss_type == "seesaw" and sigmoid:
-        raise ConfigError(
-            "task.class_balance.loss_type seesaw trains softmax scores: set "
-            "task.model.detection_generator.use_sigmoid_probability false"
         )
     if balance.loss_type != "federated":
         return
@@ -291,6 +324,7 @@ def resolve_config(task_config) -> LabelMap:
     _fill_validation_count(task_config)
     _check_static(task_config)
     check_long_tail_loss(task_config, read_data=True)
+    resolve_scoring(task_config)
     _resolve_class_weights(task_config, label_map)
     _resolve_sampling(task_config, label_map)
     return label_map
@@ -332,6 +366,7 @@ def check_resolved(task_config) -> LabelMap:
         )
     _check_static(task_config)
     check_long_tail_loss(task_config)
+    resolve_scoring(task_config, resolve=False)
     weighting = task_config.class_balance.weighting
     weights = list(weighting.weights or [])
     if weighting.scheme != "none" and not weights:
@@ -369,6 +404,7 @@ def write_resolution_report(task_config, label_map: LabelMap, model_dir: str) ->
         f"- weighting scheme: {task_config.class_balance.weighting.scheme}, "
         f"normalization: {task_config.class_balance.normalization}, "
         f"loss: {task_config.class_balance.loss_type}",
+        f"- {scoring_note(task_config)}",
         f"- sampling: {task_config.train_data.sampling.type}"
         + (
             f", threshold {task_config.train_data.sampling.threshold:.4g}"

@@ -37,6 +37,7 @@ from tfmaskrcnn.dataloaders import input_reader as reader_lib
 from tfmaskrcnn.dataloaders import parser as parser_lib
 from tfmaskrcnn.dataloaders import sampling
 from tfmaskrcnn.diagnostics import training_signals
+from tfmaskrcnn.losses import scoring
 from tfmaskrcnn.tasks import classifier_retraining, model_garden_hooks
 from tfmaskrcnn.tasks import config_resolution as experiment
 
@@ -253,9 +254,12 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
 
     # ---------------------------------------------------------------- losses
     def build_model(self):
-        """Model Garden's model; a stateful long-tail loss (seesaw, eqlv2, federated) is attached
-        to it as `class_loss_state`, so that its running statistics checkpoint with the model."""
+        """Model Garden's model scored as its loss defines (`tfmaskrcnn.losses.scoring`: eqlv2 and
+        seesaw read the background column into the class scores); a stateful long-tail loss
+        (seesaw, eqlv2, federated) is attached to it as `class_loss_state`, so that its running
+        statistics checkpoint with the model."""
         model = super().build_model()
+        scoring.install_scoring(model, scoring.scoring_of(self.task_config.class_balance.loss_type))
         self._freeze_for_retraining(model)
         stages = self._long_tail_losses()
         if stages:
@@ -323,7 +327,12 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
         if self.task_config.log_collapse_signals and "class_outputs" in outputs:
             # Returned with the losses so that Model Garden's train_step feeds them to the
             # metrics of the same name; they do not enter total_loss.
-            signals = training_signals.collapse_signals(outputs["class_outputs"], outputs["class_targets"])
+            # On the scores the loss defines: argmax of the raw logits means nothing for seesaw's
+            # objectness column.
+            scores = scoring.class_scores(
+                outputs["class_outputs"], scoring.scoring_of(self.task_config.class_balance.loss_type)
+            )
+            signals = training_signals.collapse_signals(scores, outputs["class_targets"])
             result["fg_accuracy"] = signals["foreground_accuracy"]
             result["fg_predicted_background"] = signals["foreground_as_background"]
             histogram = tf.cast(signals["predicted_class_histogram"], tf.float32)
