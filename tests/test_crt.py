@@ -119,16 +119,17 @@ def _model_values(checkpoint_path: str) -> dict:
 
 
 @pytest.mark.slow
-def test_crt_stage_changes_only_the_class_logits(shapes_records, tiny_experiment, tmp_path):
+def test_crt_stage_changes_only_the_class_logits(tiny_run_dir, shapes_records, tmp_path):
     import tensorflow as tf
+    from conftest import copy_run
     from official.core import exp_factory
 
     from tfmaskrcnn.cli import train
     from tfmaskrcnn.serving.detector import CheckpointDetector
     from tfmaskrcnn.serving.export import sample_images
 
-    first = str(tmp_path / "first")
-    train.run(tiny_experiment(shapes_records, train_steps=1), first, "train")
+    # The first stage: the session's 2-step run of the tiny experiment on shapes_records (a copy).
+    first = copy_run(tiny_run_dir, tmp_path / "first")
 
     steps = 3
     params = exp_factory.get_exp_config("tfmaskrcnn_shapes_cpu_crt")
