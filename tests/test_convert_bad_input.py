@@ -213,7 +213,8 @@ def read_records(output):
 
 
 def test_every_reason_is_counted_exactly(converted):
-    assert set(EXPECTED_COUNTS) == set(REASONS)  # the dataset exercises the whole vocabulary
+    # The dataset exercises the whole vocabulary but what only options cause (tests/test_convert_real_exports.py).
+    assert set(EXPECTED_COUNTS) == set(REASONS) - {"category_dropped", "crowd_skipped", "crowd_as_instance"}
     assert converted.counts == EXPECTED_COUNTS
     saved = json.loads((converted_output(converted) / "conversion_report.json").read_text())
     skipped_annotations = sum(n for r, n in EXPECTED_COUNTS.items() if REASONS[r][0] == "annotation_skipped")
@@ -313,7 +314,7 @@ def test_background_named_category_warns(bad_dataset, tmp_path, caplog):
     [
         ('{"images": [', "not valid JSON at line 1"),
         (json.dumps({"images": [], "annotations": []}), '"categories" must be a list'),
-        (json.dumps({"images": [], "annotations": [], "categories": [{"id": 0, "name": "cat"}]}), "reserves"),
+        (json.dumps({"images": [], "annotations": [], "categories": []}), "non-empty list"),
     ],
 )
 def test_unusable_annotation_files_raise_naming_the_file(tmp_path, content, message):

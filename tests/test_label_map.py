@@ -43,7 +43,6 @@ def test_to_contiguous_names_the_unknown_coco_id():
 @pytest.mark.parametrize(
     "categories, message",
     [
-        ([{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}], "id 0, which Mask R-CNN reserves for background"),
         ([{"id": 1, "name": "cat"}, {"id": 1, "name": "dog"}], "COCO id 1 appears more than once"),
         ([{"id": 1, "name": "cat"}, {"id": 2, "name": "cat"}], "class name 'cat' appears more than once"),
         ([{"id": 1, "name": "  "}], "empty name"),

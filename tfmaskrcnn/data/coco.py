@@ -34,19 +34,24 @@ from typing import Any
 
 import numpy as np
 
+from tfmaskrcnn.data.categories import CROWD_MODES, CategoryError, CategoryOptions, CategoryPlan, plan_categories
 from tfmaskrcnn.data.coco_geometry import clip_coco_box, is_int, is_number, segmentation_to_mask
 from tfmaskrcnn.data.images import UnsupportedImageMode, decode_to_rgb, encode_rgb
 from tfmaskrcnn.data.label_map import LabelMap
 
 IMAGE_SKIPPED = "image_skipped"
 ANNOTATION_SKIPPED = "annotation_skipped"
+DROPPED = "dropped"  # left out on the user's request (--drop-categories, --class-map, --crowd skip)
 CONVERTED = "converted"
 FIXED = "fixed"
 
 # reason -> (kind, what it means). The vocabulary is fixed so reports can be compared.
 REASONS: dict[str, tuple[str, str]] = {
     "image_record_invalid": (IMAGE_SKIPPED, "image entry without an integer id or a file_name"),
-    "duplicate_image_id": (IMAGE_SKIPPED, "image id already used by an earlier image"),
+    "duplicate_image_id": (
+        IMAGE_SKIPPED,
+        "image id shared by several images: which one its annotations belong to is unknown",
+    ),
     "file_name_escapes_image_dir": (IMAGE_SKIPPED, "file_name is absolute or leaves the image directory"),
     "image_missing": (IMAGE_SKIPPED, "image file not found"),
     "image_corrupt": (IMAGE_SKIPPED, "image file cannot be decoded"),
@@ -56,8 +61,10 @@ REASONS: dict[str, tuple[str, str]] = {
     "duplicate_annotation_id": (ANNOTATION_SKIPPED, "annotation id already used by an earlier annotation"),
     "annotation_unknown_image": (ANNOTATION_SKIPPED, "image_id not among the images"),
     "annotation_of_skipped_image": (ANNOTATION_SKIPPED, "its image was skipped"),
-    "category_id_zero": (ANNOTATION_SKIPPED, "category_id 0 (reserved for background)"),
+    "category_id_zero": (ANNOTATION_SKIPPED, "category_id 0 while no category has id 0 (ids shifted by one?)"),
     "annotation_unknown_category": (ANNOTATION_SKIPPED, "category_id not among the categories"),
+    "category_dropped": (DROPPED, "its category is dropped on request (--drop-categories or --class-map drop)"),
+    "crowd_skipped": (DROPPED, "crowd annotation (iscrowd=1) left out on request (--crowd skip)"),
     "box_invalid": (ANNOTATION_SKIPPED, "bbox is not four finite numbers"),
     "box_degenerate": (ANNOTATION_SKIPPED, "box narrower or lower than 1 px after clipping"),
     "segmentation_missing": (ANNOTATION_SKIPPED, "no segmentation (Mask R-CNN needs a mask)"),
@@ -70,6 +77,10 @@ REASONS: dict[str, tuple[str, str]] = {
     "16bit_converted": (CONVERTED, "16-bit image scaled to 8 bits and converted to RGB"),
     "palette_converted": (CONVERTED, "palette image converted to RGB"),
     "format_converted": (CONVERTED, "file format other than JPEG/PNG re-encoded as PNG"),
+    "crowd_as_instance": (
+        CONVERTED,
+        "crowd annotation (iscrowd=1) written as an ordinary instance (--crowd as-instances)",
+    ),
     "box_out_of_bounds_clipped": (FIXED, "box clipped to the image"),
     "polygon_part_dropped": (FIXED, "polygon part with fewer than 3 points dropped, other parts kept"),
     "image_size_missing": (FIXED, "JSON image without width/height; real size used"),
@@ -162,10 +173,16 @@ class CocoDataset:
     issues: list[Issue]
     num_images_in: int
     num_annotations_in: int
+    plan: CategoryPlan | None = None  # how the categories became classes (None for a hand-made dataset)
 
 
-def load_coco(annotations_path: str) -> CocoDataset:
-    """Reads and checks a COCO instances JSON (`info`/`licenses` optional)."""
+def load_coco(annotations_path: str, categories: CategoryOptions | None = None, crowd: str = "keep") -> CocoDataset:
+    """Reads and checks a COCO instances JSON (`info`/`licenses` optional); see `parse_coco`."""
+    return parse_coco(read_coco_json(annotations_path), annotations_path, categories, crowd)
+
+
+def read_coco_json(annotations_path: str) -> Any:
+    """The parsed JSON of a COCO file (local or gs://); raises CocoFormatError naming the file."""
     import tensorflow as tf
 
     if not tf.io.gfile.exists(annotations_path):
@@ -177,20 +194,33 @@ def load_coco(annotations_path: str) -> CocoDataset:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         where = f" at line {error.lineno} column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
         raise CocoFormatError(f"{annotations_path}: not valid JSON{where}: {error}") from None
-    return parse_coco(data, annotations_path)
+    return data
 
 
-def parse_coco(data: Any, annotations_path: str = "<memory>") -> CocoDataset:
-    """Checks an already-parsed COCO dict; see `load_coco`."""
+def parse_coco(
+    data: Any,
+    annotations_path: str = "<memory>",
+    categories: CategoryOptions | None = None,
+    crowd: str = "keep",
+) -> CocoDataset:
+    """Checks an already-parsed COCO dict; see `load_coco`.
+
+    `categories` gives the user's choices about classes (class map, drops, empty
+    categories; see `categories.plan_categories`); `crowd` what happens to iscrowd=1
+    annotations: "keep" (written as crowd; Model Garden skips them in training), "skip"
+    (left out, counted) or "as-instances" (written as ordinary instances).
+    """
     if not isinstance(data, dict):
         raise CocoFormatError(f"{annotations_path}: top level must be an object with images/annotations/categories")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise CocoFormatError(f'{annotations_path}: "{key}" must be a list (COCO instances format)')
+    if crowd not in CROWD_MODES:
+        raise CocoFormatError(f"crowd mode {crowd!r} is not one of {', '.join(CROWD_MODES)} (--crowd)")
     try:
-        label_map = LabelMap.from_coco_categories(data["categories"])
-    except ValueError as error:
-        raise CocoFormatError(f"{annotations_path}: {error}") from None
+        plan = plan_categories(data["categories"], data["annotations"], categories, annotations_path)
+    except CategoryError as error:
+        raise CocoFormatError(str(error)) from None
 
     issues: list[Issue] = []
     images: dict[int, dict] = {}  # id -> {"entry fields", "annotations": []}
@@ -220,8 +250,8 @@ def parse_coco(data: Any, annotations_path: str = "<memory>") -> CocoDataset:
                     file_name,
                     image_id,
                     None,
-                    f"images[{position}] reuses id {image_id}; its annotations go to the first image "
-                    "with that id. Give every image a unique id",
+                    f"images[{position}] ({file_name}) reuses id {image_id} of {file_names.get(image_id)!r}; its "
+                    "annotations go to the first image with that id. Give every image a unique id",
                 )
             )
             continue
@@ -250,13 +280,16 @@ def parse_coco(data: Any, annotations_path: str = "<memory>") -> CocoDataset:
             "annotations": [],
         }
 
-    category_ids = set(label_map.coco_ids)
     seen_annotation_ids: set[int] = set()
     for position, annotation in enumerate(data["annotations"]):
         record = annotation if isinstance(annotation, dict) else {}
         fields = [record.get(k) for k in ("id", "image_id", "category_id")]
         annotation_id, image_id, category_id = fields
         file_name = file_names.get(image_id, "") if is_int(image_id) else ""
+
+        def issue(reason: str, message: str) -> None:
+            issues.append(Issue(reason, file_name, image_id, annotation_id, message))
+
         if not all(is_int(v) for v in fields):
             issues.append(
                 Issue(
@@ -269,14 +302,8 @@ def parse_coco(data: Any, annotations_path: str = "<memory>") -> CocoDataset:
             )
             continue
         if annotation_id in seen_annotation_ids:
-            issues.append(
-                Issue(
-                    "duplicate_annotation_id",
-                    file_name,
-                    image_id,
-                    annotation_id,
-                    f"annotations[{position}] reuses id {annotation_id}; the first one is kept",
-                )
+            issue(
+                "duplicate_annotation_id", f"annotations[{position}] reuses id {annotation_id}; the first one is kept"
             )
             continue
         seen_annotation_ids.add(annotation_id)
@@ -291,36 +318,28 @@ def parse_coco(data: Any, annotations_path: str = "<memory>") -> CocoDataset:
                 )
             )
         elif image_id not in images:
-            issues.append(
-                Issue(
-                    "annotation_of_skipped_image",
-                    file_name,
-                    image_id,
-                    annotation_id,
-                    f"image {image_id} was skipped (see its image issue)",
-                )
-            )
-        elif category_id == 0:
-            issues.append(
-                Issue(
+            issue("annotation_of_skipped_image", f"image {image_id} was skipped (see its image issue)")
+        elif category_id not in plan.class_of:
+            if category_id == 0:
+                issue(
                     "category_id_zero",
-                    file_name,
-                    image_id,
-                    annotation_id,
-                    "category_id 0 is reserved for background; use the id of a real category",
+                    f"annotation {annotation_id} has category_id 0, but no category has id 0 (ids shifted by one "
+                    "against the categories?); fix the category_id or declare the category",
                 )
-            )
-        elif category_id not in category_ids:
-            issues.append(
-                Issue(
+            else:
+                issue(
                     "annotation_unknown_category",
-                    file_name,
-                    image_id,
-                    annotation_id,
-                    f'category_id {category_id} is not in "categories"; add it or fix the id',
+                    f'annotation {annotation_id} has category_id {category_id}, which is not in "categories"; '
+                    "add the category or fix the id",
                 )
-            )
+        elif plan.class_of[category_id] is None:
+            issue("category_dropped", f"category {category_id} is dropped on request")
+        elif record.get("iscrowd") and crowd == "skip":
+            issue("crowd_skipped", "iscrowd=1, left out (--crowd skip)")
         else:
+            if record.get("iscrowd") and crowd == "as-instances":
+                issue("crowd_as_instance", "iscrowd=1 written as an ordinary instance (--crowd as-instances)")
+                annotation = {**record, "iscrowd": 0}
             images[image_id]["annotations"].append(annotation)
 
     entries = [
@@ -335,11 +354,12 @@ def parse_coco(data: Any, annotations_path: str = "<memory>") -> CocoDataset:
     ]
     return CocoDataset(
         annotations_path=annotations_path,
-        label_map=label_map,
+        label_map=plan.label_map,
         images=entries,
         issues=issues,
         num_images_in=len(data["images"]),
         num_annotations_in=len(data["annotations"]),
+        plan=plan,
     )
 
 

@@ -38,6 +38,7 @@ import uuid
 from typing import Any, Callable, Iterable, Iterator
 
 from tfmaskrcnn.data import coco
+from tfmaskrcnn.data.categories import CategoryError, CategoryOptions, add_category_arguments, category_options
 from tfmaskrcnn.data.label_map import LabelMap
 from tfmaskrcnn.io import CONVERSION_REPORT_FILENAME as REPORT_FILENAME
 from tfmaskrcnn.io import DATASET_STATS_FILENAME as STATS_FILENAME
@@ -66,6 +67,8 @@ class ConversionReport:
     counts: dict[str, int]
     examples: dict[str, list[dict]]
     stats: dict[str, Any]
+    categories: dict[str, Any] = dataclasses.field(default_factory=dict)  # `CategoryPlan.report()`
+    crowd: str = "keep"
 
     def counts_of(self, kind: str) -> dict[str, int]:
         return {r: n for r, n in sorted(self.counts.items()) if coco.REASONS[r][0] == kind}
@@ -96,6 +99,9 @@ class ConversionReport:
             "skipped": skipped,
             "converted": self.counts_of(coco.CONVERTED),
             "fixed": self.counts_of(coco.FIXED),
+            "dropped": self.counts_of(coco.DROPPED),
+            "crowd": self.crowd,
+            "categories": self.categories,
             "reasons": {
                 r: {"kind": coco.REASONS[r][0], "description": coco.REASONS[r][1]} for r in sorted(self.counts)
             },
@@ -105,12 +111,18 @@ class ConversionReport:
     def format_table(self) -> str:
         rows = [
             (r, kind.replace("_", " "), n)
-            for kind in (coco.IMAGE_SKIPPED, coco.ANNOTATION_SKIPPED, coco.CONVERTED, coco.FIXED)
+            for kind in (coco.IMAGE_SKIPPED, coco.ANNOTATION_SKIPPED, coco.DROPPED, coco.CONVERTED, coco.FIXED)
             for r, n in self.counts_of(kind).items()
         ]
         lines = [f"{'reason':<30} {'kind':<20} {'count':>7}"] + [f"{r:<30} {k:<20} {n:>7}" for r, k, n in rows]
         if not rows:
             lines.append("(no image or annotation skipped, converted or fixed)")
+        for left_out in self.categories.get("left_out", []):
+            lines.append(
+                f"category {left_out['id']} {left_out['name']!r} left out of the label map: {left_out['reason']}"
+            )
+        for rule in self.categories.get("class_map", []):
+            lines.append(f"class map {rule['from']!r} -> {rule['to']!r}: {rule['annotations']} annotation(s)")
         lines.append(
             f"images: {self.num_images_in} in, {self.num_images_out} written; annotations: "
             f"{self.num_annotations_in} in, {self.num_annotations_out} written "
@@ -138,12 +150,51 @@ def convert_coco(
     strict: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    categories: CategoryOptions | None = None,
+    crowd: str = "keep",
 ) -> ConversionReport:
-    """Converts a COCO instances dataset; see the module docstring for what is written.
+    """Converts a COCO instances file; see the module docstring for what is written.
 
     `num_shards` None means one shard per ~1000 images. With `strict`, nothing but
     the report is written when any image or annotation was skipped
-    (`report.published` is False); conversions and fixes do not count as skips.
+    (`report.published` is False); conversions, fixes and drops the user asked for
+    do not count as skips. `categories` and `crowd` as in `coco.parse_coco`.
+    """
+    data = coco.read_coco_json(annotations_path)
+    return convert_coco_dict(
+        data,
+        images_dir,
+        output_dir,
+        source=annotations_path,
+        num_shards=num_shards,
+        prefix=prefix,
+        strict=strict,
+        workers=workers,
+        progress=progress,
+        categories=categories,
+        crowd=crowd,
+    )
+
+
+def convert_coco_dict(
+    data: dict,
+    images_dir: str,
+    output_dir: str,
+    source: str = "<memory>",
+    num_shards: int | None = None,
+    prefix: str | None = None,
+    strict: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+    categories: CategoryOptions | None = None,
+    crowd: str = "keep",
+) -> ConversionReport:
+    """Converts an in-memory COCO instances dict whose `file_name`s are relative to `images_dir`.
+
+    The entry point for importers of other formats (they build the COCO-shaped dict and
+    call this, so every format goes through the same checks). `source` names the input
+    in messages and reports (a file or folder path); the shard prefix, when not given,
+    is derived from it (see `default_prefix`).
     """
     import tensorflow as tf
     from tqdm import tqdm
@@ -153,13 +204,13 @@ def convert_coco(
         raise ConversionError("--workers and --num-shards must be at least 1")
     if not tf.io.gfile.isdir(images_dir):
         raise ConversionError(f"image directory {images_dir} does not exist (--images)")
-    prefix = prefix or _default_prefix(annotations_path)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", prefix):
+    prefix = prefix or default_prefix(source if source != "<memory>" else images_dir)
+    if not _PREFIX.fullmatch(prefix):
         raise ConversionError(f"prefix {prefix!r} must be letters, digits, '.', '_' or '-' (--prefix)")
-    dataset = coco.load_coco(annotations_path)
+    dataset = coco.parse_coco(data, source, categories=categories, crowd=crowd)
     num_shards = num_shards or max(1, math.ceil(len(dataset.images) / IMAGES_PER_SHARD))
     tf.io.gfile.makedirs(output_dir)
-    _check_label_map_compatible(output_dir, prefix, dataset.label_map, annotations_path)
+    _check_label_map_compatible(output_dir, prefix, dataset.label_map, source)
 
     log = coco.IssueLog()
     log.extend(dataset.issues)
@@ -194,13 +245,13 @@ def convert_coco(
 
     stats = counter.to_json_dict()
     stats["source"] = {
-        "annotations": annotations_path,
+        "annotations": source,
         "images": images_dir,
         "prefix": prefix,
         "shards": [posixpath.basename(s) for s in shards],
     }
     report = ConversionReport(
-        annotations_path=annotations_path,
+        annotations_path=source,
         images_dir=images_dir,
         output_dir=output_dir,
         prefix=prefix,
@@ -214,6 +265,8 @@ def convert_coco(
         counts=dict(log.counts),
         examples={r: [dataclasses.asdict(i) for i in issues] for r, issues in sorted(log.examples.items())},
         stats=stats,
+        categories=dataset.plan.report() if dataset.plan else {},
+        crowd=crowd,
     )
     if published:
         dataset.label_map.save(join(output_dir, LABEL_MAP_FILENAME))
@@ -377,9 +430,25 @@ def _skipped(log: coco.IssueLog) -> int:
     return log.count(coco.IMAGE_SKIPPED) + log.count(coco.ANNOTATION_SKIPPED)
 
 
-def _default_prefix(annotations_path: str) -> str:
-    name = posixpath.basename(annotations_path) if "://" in annotations_path else os.path.basename(annotations_path)
-    return name[:-5] if name.lower().endswith(".json") else name
+_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def default_prefix(source: str) -> str:
+    """The shard prefix of an input: its file name stem when that is a valid prefix
+    (`instances_train2017.json` -> `instances_train2017`), else its folder's name
+    (Roboflow's `train/_annotations.coco.json` -> `train`), sanitized; `data` at worst."""
+    path = source.rstrip("/")
+    base, parent = posixpath.basename(path), posixpath.basename(posixpath.dirname(path))
+    if "://" not in path:
+        base, parent = os.path.basename(path), os.path.basename(os.path.dirname(os.path.abspath(path)))
+    stem = base[:-5] if base.lower().endswith(".json") else base
+    if _PREFIX.fullmatch(stem):
+        return stem
+    for candidate in (parent, stem):
+        sanitized = re.sub(r"[^A-Za-z0-9._-]+", "_", candidate).lstrip("._-")
+        if sanitized:
+            return sanitized
+    return "data"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -392,12 +461,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"number of TFRecord shards (default: one per {IMAGES_PER_SHARD} images)",
     )
-    parser.add_argument("--prefix", default=None, help="shard file prefix (default: the JSON file name stem)")
+    parser.add_argument(
+        "--prefix",
+        default=None,
+        help="shard file prefix (default: the JSON file name stem, or its folder's name when the stem is not a "
+        "valid prefix, as for Roboflow's train/_annotations.coco.json -> train)",
+    )
     parser.add_argument(
         "--strict", action="store_true", help="exit with 1 and write no shards if any image or annotation is skipped"
     )
     parser.add_argument("--workers", type=int, default=None, help="reader threads (default: min(8, CPUs))")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_category_arguments(parser)
     from tfmaskrcnn.data.formats import command as formats_command  # --format: Labelme, CVAT, YOLO, VOC exports
 
     formats_command.add_arguments(parser)
@@ -419,8 +494,10 @@ def main(args: argparse.Namespace) -> int:
             strict=args.strict,
             workers=args.workers,
             progress=not args.no_progress,
+            categories=category_options(args),
+            crowd=args.crowd,
         )
-    except (ConversionError, coco.CocoFormatError) as error:
+    except (ConversionError, coco.CocoFormatError, CategoryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(report.format_table())

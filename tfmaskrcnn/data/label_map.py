@@ -1,16 +1,20 @@
 """The label map: contiguous class ids 1..K, their names and their COCO category ids.
 
 Mask R-CNN in Model Garden reserves class id 0 for background, so K classes are
-trained with `num_classes = K + 1` and labels 1..K. COCO category ids have gaps
-(1..90 for 80 classes), so the converter maps them to contiguous ids sorted by COCO
-id and writes the mapping next to the TFRecords as `label_map.json`. Training,
+trained with `num_classes = K + 1` and labels 1..K. COCO category ids may be any
+integers (gaps as in COCO's 1..90 for 80 classes, 0-indexed 0..K-1, an unused parent
+with id 0 as in Roboflow exports), so the converter maps them to contiguous ids sorted
+by COCO id (see `categories`) and writes the mapping next to the TFRecords as
+`label_map.json`. A class that merges several categories (`--class-map`) keeps the
+smallest COCO id as `coco_id` and lists the others in `merged_coco_ids`. Training,
 evaluation, export and prediction read that file, so class names travel with the
 data instead of being retyped (in another order) at inference.
 
 File format::
 
     {"format": "tfmaskrcnn.label_map", "version": 1,
-     "classes": [{"id": 1, "name": "square", "coco_id": 1}, ...]}
+     "classes": [{"id": 1, "name": "square", "coco_id": 1},
+                 {"id": 2, "name": "dent", "coco_id": 6, "merged_coco_ids": [9]}, ...]}
 
 TensorFlow is imported lazily (inside load/save/find) so that importing this module
 stays cheap; file I/O goes through `tf.io.gfile` so that `gs://` paths work.
@@ -38,11 +42,14 @@ class LabelMap:
 
     names: tuple[str, ...]
     coco_ids: tuple[int, ...]
+    # (COCO id, class id 1..K) of the further categories merged into a class by a class map
+    merged_coco_ids: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         # Accept lists from callers but store tuples so the object stays hashable.
         object.__setattr__(self, "names", tuple(self.names))
         object.__setattr__(self, "coco_ids", tuple(self.coco_ids))
+        object.__setattr__(self, "merged_coco_ids", tuple(tuple(p) for p in self.merged_coco_ids))
         if not self.names:
             raise ValueError("a label map needs at least one class")
         if len(self.names) != len(self.coco_ids):
@@ -56,13 +63,18 @@ class LabelMap:
         for coco_id in self.coco_ids:
             if isinstance(coco_id, bool) or not isinstance(coco_id, int):
                 raise ValueError(f"COCO id {coco_id!r} is not an integer")
-        _raise_on_duplicates("COCO id", self.coco_ids)
+        for coco_id, class_id in self.merged_coco_ids:
+            if isinstance(coco_id, bool) or not isinstance(coco_id, int):
+                raise ValueError(f"merged COCO id {coco_id!r} is not an integer")
+            self._check_class_id(class_id)
+        _raise_on_duplicates("COCO id", self.coco_ids + tuple(c for c, _ in self.merged_coco_ids))
         self._index()  # builds the lookup table once
 
     def _index(self) -> dict[int, int]:
         table = self.__dict__.get("_coco_to_contiguous")
         if table is None:
             table = {coco_id: i for i, coco_id in enumerate(self.coco_ids, start=1)}
+            table.update(self.merged_coco_ids)
             object.__setattr__(self, "_coco_to_contiguous", table)
         return table
 
@@ -101,11 +113,13 @@ class LabelMap:
 
     @classmethod
     def from_coco_categories(cls, categories: list[dict]) -> "LabelMap":
-        """Builds the map from a COCO `categories` list, sorted by COCO id.
+        """Builds the map from a COCO `categories` list, sorted by COCO id (any integers, 0 included).
 
-        Raises ValueError for a missing/duplicate id or name, id 0 (reserved for
-        background) and empty names. A real class named "background" is allowed, with a
-        warning, because it is easy to confuse with class 0.
+        Every category becomes a class; `categories.plan_categories` is what the converter
+        uses (it leaves out empty parents and background-named categories, applies class
+        maps). Raises ValueError for a missing/duplicate id or name and empty names. A real
+        class named "background" is allowed, with a warning, because it is easy to confuse
+        with class 0.
         """
         if not isinstance(categories, list) or not categories:
             raise ValueError('`categories` must be a non-empty list of {"id", "name"} objects')
@@ -116,14 +130,6 @@ class LabelMap:
             coco_id, name = category["id"], category["name"]
             if isinstance(coco_id, bool) or not isinstance(coco_id, int):
                 raise ValueError(f"categories[{position}] has id {coco_id!r}; category ids must be integers")
-            if coco_id == 0:
-                raise ValueError(
-                    f"categories[{position}] ({name!r}) uses id 0, which Mask R-CNN reserves for background; "
-                    "renumber the categories from 1 (for example add 1 to every category id and to every "
-                    "annotation's category_id)"
-                )
-            if coco_id < 0:
-                raise ValueError(f"categories[{position}] ({name!r}) has negative id {coco_id}")
             if not isinstance(name, str) or not name.strip():
                 raise ValueError(f"categories[{position}] (id {coco_id}) has an empty name")
             if name.strip().lower() == "background":
@@ -138,11 +144,15 @@ class LabelMap:
         return cls(names=tuple(n for _, n in parsed), coco_ids=tuple(i for i, _ in parsed))
 
     def to_json_dict(self) -> dict[str, Any]:
+        merged: dict[int, list[int]] = {}
+        for coco_id, class_id in self.merged_coco_ids:
+            merged.setdefault(class_id, []).append(coco_id)
         return {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "classes": [
                 {"id": class_id, "name": name, "coco_id": coco_id}
+                | ({"merged_coco_ids": sorted(merged[class_id])} if class_id in merged else {})
                 for class_id, (name, coco_id) in enumerate(zip(self.names, self.coco_ids), start=1)
             ],
         }
@@ -161,6 +171,7 @@ class LabelMap:
         if not isinstance(classes, list) or not classes:
             raise ValueError(f'{source}: "classes" must be a non-empty list')
         by_id: dict[int, tuple[str, int]] = {}
+        merged: list[tuple[int, int]] = []
         for position, entry in enumerate(classes):
             if not isinstance(entry, dict) or "id" not in entry or "name" not in entry:
                 raise ValueError(f'{source}: classes[{position}] = {entry!r} needs "id" and "name"')
@@ -178,6 +189,10 @@ class LabelMap:
                 )
             # A hand-written label map may omit coco_id; the class id then stands for it.
             by_id[class_id] = (entry["name"], entry.get("coco_id", class_id))
+            merged_ids = entry.get("merged_coco_ids", [])
+            if not isinstance(merged_ids, list):
+                raise ValueError(f"{source}: classes[{position}] merged_coco_ids must be a list of integers")
+            merged.extend((coco_id, class_id) for coco_id in merged_ids)
         expected = list(range(1, len(by_id) + 1))
         if sorted(by_id) != expected:
             missing = sorted(set(expected) - set(by_id))
@@ -186,7 +201,11 @@ class LabelMap:
                 + (f" (missing {_short_list(missing)})" if missing else "")
             )
         try:
-            return cls(names=tuple(by_id[i][0] for i in expected), coco_ids=tuple(by_id[i][1] for i in expected))
+            return cls(
+                names=tuple(by_id[i][0] for i in expected),
+                coco_ids=tuple(by_id[i][1] for i in expected),
+                merged_coco_ids=tuple(merged),
+            )
         except ValueError as error:
             raise ValueError(f"{source}: {error}") from None
 
