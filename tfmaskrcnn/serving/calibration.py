@@ -67,6 +67,12 @@ class Calibration:
     criterion: str = "mean per-class mask AP on the validation split"
     table: list = dataclasses.field(default_factory=list)  # one row per γ tried
     source: dict = dataclasses.field(default_factory=dict)  # checkpoint, data
+    # Per-class operating points (`calibrate --thresholds`): score_thresholds[c - 1] is class c's
+    # minimum score, applied after the NorCal shift; None keeps the model's one global min_score.
+    score_thresholds: Optional[list] = None
+    # One dict per class, in class order: the rule, and the held-out precision / recall / F1 and
+    # object count behind each threshold (and whether it fell back to the global threshold).
+    threshold_details: list = dataclasses.field(default_factory=list)
 
     def shift(self) -> np.ndarray:
         return logit_shift(self.class_counts, self.gamma)
@@ -85,6 +91,15 @@ class Calibration:
             )
         if not math.isfinite(calibration.gamma) or calibration.gamma < 0:
             raise ValueError(f"calibration gamma {calibration.gamma} must be a finite number >= 0")
+        thresholds = calibration.score_thresholds
+        if thresholds is not None and (
+            len(thresholds) != len(calibration.class_names)
+            or not all(isinstance(t, (int, float)) and 0.0 <= t <= 1.0 for t in thresholds)
+        ):
+            raise ValueError(
+                f"calibration score_thresholds {thresholds} must hold one score in [0, 1] for each of the "
+                f"{len(calibration.class_names)} classes; re-run `tfmaskrcnn calibrate --thresholds`"
+            )
         return calibration
 
 
