@@ -50,25 +50,16 @@ SETTINGS = {
     "augment_light": {"task": {"train_data": {"parser": {"augmentation": {"preset": "light"}}}}},
     # Instance-level oversampling: rare-class objects pasted into other images (issue 13).
     "copy_paste": {"task": {"train_data": {"parser": {"copy_paste": {"enabled": True}}}}},
-    # Long-tail losses of the box classifier (issue 14); eqlv2 and federated score with sigmoids.
+    # Long-tail losses of the box classifier (issue 14).
     "seesaw": {"task": {"class_balance": {"loss_type": "seesaw"}}},
-    "eqlv2": {
-        "task": {
-            "class_balance": {"loss_type": "eqlv2"},
-            "model": {"detection_generator": {"use_sigmoid_probability": True}},
-        }
-    },
-    "federated": {
-        "task": {
-            "class_balance": {"loss_type": "federated"},
-            "model": {"detection_generator": {"use_sigmoid_probability": True}},
-        }
-    },
+    # The loss sets the scoring (config resolution): eqlv2 sigmoid(z_c)(1 - sigmoid(z_0)), federated
+    # sigmoid, seesaw softmax over the classes times the objectness of column 0.
+    "eqlv2": {"task": {"class_balance": {"loss_type": "eqlv2"}}},
+    "federated": {"task": {"class_balance": {"loss_type": "federated"}}},
     # eqlv2 (the long-tail loss that kept the majority at 800 steps) on the repeat-factor stream.
     "eqlv2_sampling": {
         "task": {
             "class_balance": {"loss_type": "eqlv2"},
-            "model": {"detection_generator": {"use_sigmoid_probability": True}},
             "train_data": {"sampling": {"type": "repeat_factor"}},
         }
     },
