@@ -1,6 +1,6 @@
 """Benchmark: images per second of `tfmaskrcnn audit` on the COCO subset (the checks, then the report files).
 
-    python benchmarks/audit_speed.py [--data ../shared/data/coco_tiny] [--repeats 5] [--workers 1 2]
+    python benchmarks/audit_speed.py [--data COCO_SUBSET_DIR] [--repeats 5] [--workers 1 2]
 
 Audits the training split (80 photos, 705 annotations) with the validation split's
 categories compared, against the smallest anchor of `tfmaskrcnn_r50fpn_gpu` (32 px at 1024).
@@ -35,7 +35,11 @@ R50_ANCHOR = audit.AnchorCheck("tfmaskrcnn_r50fpn_gpu", smallest_anchor=32.0, in
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "coco_tiny"))
+    parser.add_argument(
+        "--data",
+        default=str(REPO / "tests" / "data" / "coco_tiny"),
+        help="a COCO-2017 subset folder (annotations/, train2017/, val2017/); default: the repository's own",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()

@@ -3,8 +3,8 @@
     PYTHONPATH=. .venv/bin/python benchmarks/copy_paste_throughput.py --workdir bench_out/copy_paste \
         --json-output copy_paste.json
 
-Converts (once, into --workdir) the COCO subset (`../shared/data/coco_tiny`, or
-TFMASKRCNN_COCO_TINY) and a synthetic shapes set, then on each dataset times decode ->
+Converts (once, into --workdir) the COCO subset (tests/data/coco_tiny, or the folder
+TFMASKRCNN_COCO_TINY names) and a synthetic shapes set, then on each dataset times decode ->
 Mask R-CNN train parsing -> batch with the functions of `benchmarks/input_pipeline.py`:
 * `stock`:      Model Garden's `maskrcnn_input.Parser` (hflip + scale jitter 0.8-1.25);
 * `none`:       `AugmentingParser` without augmenter or copy-paste (our faster flip);
@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import input_pipeline  # noqa: E402  (benchmarks/input_pipeline.py: parser, iterator and timing)
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-COCO_TINY = pathlib.Path(os.environ.get("TFMASKRCNN_COCO_TINY", REPO.parent / "shared" / "data" / "coco_tiny"))
+COCO_TINY = pathlib.Path(os.environ.get("TFMASKRCNN_COCO_TINY", REPO / "tests" / "data" / "coco_tiny"))
 
 
 def prepare_data(workdir: pathlib.Path, num_shapes: int) -> dict:

@@ -88,7 +88,7 @@ def main() -> int:
     parser.add_argument("--write-docs", action="store_true", help="write the result into docs/benchmarks.md")
     args = parser.parse_args()
 
-    data = pathlib.Path(os.environ.get("TFMASKRCNN_COCO_TINY", REPO.parent / "shared" / "data" / "coco_tiny"))
+    data = pathlib.Path(os.environ.get("TFMASKRCNN_COCO_TINY", REPO / "tests" / "data" / "coco_tiny"))
     coco_gt = load_coco_json(str(data / "annotations" / "instances_val2017.json"))
     ids = {c["name"]: c["id"] for c in coco_gt.loadCats(coco_gt.getCatIds())}
     detections = simulate_detections(

@@ -15,7 +15,7 @@ which only grows, so one pipeline per process):
 Parsing is Model Garden's Mask R-CNN train parser at `--output-size` (hflip, scale jitter,
 mask crops 112), float32, batch `--batch-size`. The reader's own shuffle buffer is
 `--shuffle-buffer` serialized records in every variant. Without `--data` the COCO subset
-(../shared/data/coco_tiny, or TFMASKRCNN_COCO_TINY) is converted once into bench_out/.
+(tests/data/coco_tiny, or the folder TFMASKRCNN_COCO_TINY names) is converted once into bench_out/.
 Prints a table (RSS, ratio to stock, images/s) and writes JSON.
 """
 
@@ -37,7 +37,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def coco_records(out_dir: str) -> str:
     from tfmaskrcnn.data.convert import convert_coco
 
-    coco = os.environ.get("TFMASKRCNN_COCO_TINY", os.path.join(REPO, "..", "shared", "data", "coco_tiny"))
+    coco = os.environ.get("TFMASKRCNN_COCO_TINY", os.path.join(REPO, "tests", "data", "coco_tiny"))
     target = os.path.join(out_dir, "coco_tiny_train")
     pattern = os.path.join(target, "*.tfrecord*")
     import glob
