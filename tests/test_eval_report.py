@@ -30,6 +30,7 @@ EXPECTED_COLUMNS = [
     "recall",
     "f1",
     "predicted",
+    "score_threshold",
 ]
 
 
@@ -131,6 +132,52 @@ def test_compare_deltas(two_runs):
     assert float(rows["cup"]["other_bbox_AP"]) == pytest.approx(healthy["per_class"]["cup"]["bbox_AP"], abs=1e-6)
     page = (second / "report.html").read_text()
     assert 'class="alarm collapse"' in page and "&Delta; bbox_AP" in page
+
+
+def test_per_class_thresholds_are_the_operating_point_and_compare_shows_both(two_runs, small_val, tmp_path):
+    """Precision / recall / F1, predicted counts and the alarm at each class's own threshold; --compare
+    puts the global operating point beside it."""
+    first, _, healthy, _, coco_gt = two_runs
+    names = {c: coco_gt.cats[c]["name"] for c in coco_gt.getCatIds()}
+    person = next(c for c, n in names.items() if n == "person")
+    detections = simulate_detections(coco_gt, seed=0, drop_rate=0.1, box_jitter=0.05, false_positives_per_image=1)
+    person_scores = sorted(d["score"] for d in detections if d["category_id"] == person)
+    high = person_scores[len(person_scores) // 2]  # half of person's detections reach it
+    out = tmp_path / "thresholds"
+    metrics = evaluate(
+        coco_gt,
+        detections,
+        output_dir=str(out),
+        compare_dir=str(first),
+        class_thresholds={person: high},
+        operating_point="per-class score thresholds (calibration.json)",
+        warnings=["fitted on these records"],
+        progress=False,
+    )
+    point = metrics["operating_point"]
+    assert point["name"] == "per-class score thresholds (calibration.json)" and point["per_class_thresholds"]
+    assert point["thresholds"]["person"] == high and point["thresholds"]["cup"] == 0.5
+    row, before = metrics["per_class"]["person"], healthy["per_class"]["person"]
+    assert row["score_threshold"] == high
+    assert row["predicted"] == sum(d["score"] >= high for d in detections if d["category_id"] == person)
+    assert row["predicted"] < before["predicted"] and row["recall"] < before["recall"]
+    assert row["bbox_AP"] == before["bbox_AP"]  # AP ranks every score: the operating point does not change it
+    for name in ("cup", "unicorn"):  # classes without their own threshold: as at the global one
+        assert metrics["per_class"][name]["predicted"] == healthy["per_class"][name]["predicted"]
+    compared = metrics["compare"]
+    assert compared["operating_point"] == {
+        "this": "per-class score thresholds (calibration.json)",
+        "other": "global score threshold 0.5",
+    }
+    assert compared["per_class"]["person"]["score_threshold"]["other"] == 0.5
+    assert compared["per_class"]["person"]["recall"]["delta"] < 0
+    with open(out / "per_class.csv") as f:
+        rows = {r["class"]: r for r in csv.DictReader(f)}
+    assert float(rows["person"]["score_threshold"]) == pytest.approx(high)
+    assert float(rows["person"]["other_score_threshold"]) == 0.5
+    page = (out / "report.html").read_text()
+    assert "per-class score thresholds (calibration.json)" in page and "fitted on these records" in page
+    assert "global score threshold 0.5" in page
 
 
 def test_command_line_with_coco_json(small_val, tmp_path, capsys):

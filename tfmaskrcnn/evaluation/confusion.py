@@ -123,12 +123,15 @@ def detection_confusion(
     iou_threshold: float = 0.5,
     iou_type: str = "bbox",
     image_ids: Sequence[int] | None = None,
+    class_thresholds: dict[int, float] | None = None,
 ) -> Confusion:
     """Confusion matrix of COCO-format detections against a pycocotools COCO ground truth.
 
     category_ids: order of rows/columns; defaults to the ground truth's sorted category ids.
     iou_type: "bbox" (box IoU) or "segm" (mask IoU; detections need RLE 'segmentation').
     image_ids: images to count; defaults to every image of the ground truth.
+    class_thresholds: {category id: score} for the classes with their own operating point
+    (`tfmaskrcnn calibrate --thresholds`); the others use score_threshold.
     """
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
@@ -141,10 +144,11 @@ def detection_confusion(
 
     dets_by_image: dict[int, list[int]] = {}
     predicted = np.zeros(num_classes, dtype=np.int64)
+    thresholds = {int(c): float(t) for c, t in (class_thresholds or {}).items()}
     for n, det in enumerate(detections):
-        if det["score"] < score_threshold:
-            continue
         category = int(det["category_id"])
+        if det["score"] < thresholds.get(category, score_threshold):
+            continue
         if category not in index_of:
             raise ValueError(
                 f"detection #{n} (image {det['image_id']}) has category_id {category}, which is not "

@@ -35,6 +35,9 @@ def evaluate(
     source: str = "detections",
     progress: bool = True,
     engine: str = per_class.DEFAULT_ENGINE,
+    class_thresholds: dict | None = None,
+    operating_point: str | None = None,
+    warnings: list[str] | None = None,
 ) -> dict:
     """Per-class COCO metrics, confusion matrix and collapse alarm; writes the report when `output_dir` is set.
 
@@ -43,6 +46,9 @@ def evaluate(
     label_map: names categories that have no name in the ground truth. image_loader: image ids ->
     {id: HxWx3 uint8}, for example pictures in report.html. confusion_iou_type: "bbox" or "segm".
     engine: the COCOeval engine, "pycocotools" or "faster-coco-eval".
+    class_thresholds: {category id: score} where a class has its own operating point (the others
+    use score_threshold); operating_point names it in the report; warnings about it (e.g. thresholds
+    fitted on the data evaluated) go into metrics.json and report.html.
     Returns the dict written to metrics.json (with `compare` when `compare_dir` is set).
     """
     evaluator = DetectionEvaluator(
@@ -55,9 +61,12 @@ def evaluate(
         engine=engine,
         source=source,
         progress=progress,
+        class_thresholds=class_thresholds,
+        operating_point=operating_point,
     )
     evaluator.update(detections)
     metrics = evaluator.result()
+    metrics["operating_point"]["warnings"] = list(warnings or [])
     if compare_dir:
         report.add_comparison(metrics, compare_dir)
     if output_dir:
@@ -72,6 +81,7 @@ def evaluate(
                 score_threshold,
                 images_per_class,
                 progress,
+                class_thresholds,
             )
         if progress:
             print(f"writing the report to {output_dir} ...", file=sys.stderr)

@@ -43,6 +43,10 @@ class DetectionEvaluator:
     without detections count their objects as missed); "seen" only the images named in
     `update(..., image_ids=...)` or by a detection (an eval run over part of the data).
     source: names the detections in error messages. progress: say what runs on stderr.
+    class_thresholds: {category id: score} of the classes with their own operating point
+    (calibration.json's score_thresholds); precision / recall / F1, the confusion matrix and the
+    alarm then count a detection as confident when it reaches its class's threshold, the others
+    score_threshold. operating_point: names that operating point in metrics.json and the report.
     """
 
     def __init__(
@@ -58,6 +62,8 @@ class DetectionEvaluator:
         images: str = "all",
         source: str = "detections",
         progress: bool = False,
+        class_thresholds: Optional[dict] = None,
+        operating_point: Optional[str] = None,
     ) -> None:
         if confusion_iou_type not in ("bbox", "segm"):
             raise ValueError(f"confusion_iou_type {confusion_iou_type!r}: use 'bbox' or 'segm'")
@@ -75,6 +81,13 @@ class DetectionEvaluator:
         self.progress = progress
         self.names = category_names(coco_gt, label_map)
         self._categories = set(coco_gt.getCatIds())
+        self.class_thresholds = {int(c): float(t) for c, t in (class_thresholds or {}).items()}
+        unknown = sorted(set(self.class_thresholds) - self._categories)
+        if unknown:
+            raise ValueError(f"{source}: per-class thresholds for categories {unknown}, not in the ground truth")
+        self.operating_point = operating_point or (
+            "per-class score thresholds" if self.class_thresholds else f"global score threshold {score_threshold:g}"
+        )
         self._gt_images = set(coco_gt.getImgIds())
         self.confusion: Optional[confusion.Confusion] = None  # of the last result(), for reports
         self.reset()
@@ -172,8 +185,11 @@ class DetectionEvaluator:
             score_threshold=self.score_threshold,
             iou_threshold=self.iou_threshold,
             iou_type=self.confusion_iou_type,
+            class_thresholds=self.class_thresholds,
         )
         rows = class_rows(self.names, result, by_type)
+        for row in rows:
+            row["score_threshold"] = self.class_thresholds.get(row["class_id"], self.score_threshold)
         alarm = collapse.collapse_alarm(
             [r["class"] for r in rows],
             result.gt_instances,
@@ -188,6 +204,12 @@ class DetectionEvaluator:
             "num_detections": len(detections),
             "score_threshold": self.score_threshold,
             "iou_threshold": self.iou_threshold,
+            "operating_point": {
+                "name": self.operating_point,
+                "global_threshold": self.score_threshold,
+                "per_class_thresholds": bool(self.class_thresholds),
+                "thresholds": {r["class"]: r["score_threshold"] for r in rows},
+            },
             "overall": overall,
             "summaries": summaries,
             "per_class": {r["class"]: r for r in rows},

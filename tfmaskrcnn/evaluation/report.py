@@ -34,8 +34,10 @@ CSV_COLUMNS = (
     "recall",
     "f1",
     "predicted",
+    "score_threshold",
 )
-COMPARED_METRICS = ("bbox_AP", "mask_AP", "precision", "recall", "f1", "predicted")
+# score_threshold: two operating points side by side (e.g. the global threshold vs per-class thresholds).
+COMPARED_METRICS = ("bbox_AP", "mask_AP", "precision", "recall", "f1", "predicted", "score_threshold")
 ABSENT = "absent"
 
 
@@ -310,11 +312,25 @@ def render_html(
         f'<div class="alarm {alarm["verdict"]}"><b>Collapse alarm: {alarm["verdict"].upper()}</b>'
         f"<ul>{reasons}</ul></div>"
     )
-    parts.append(
-        f"<p>{metrics['num_images']} images, {metrics['num_detections']} detections; confusion matrix, "
-        f"precision and recall at score &ge; {metrics['score_threshold']} and "
-        f"{metrics['confusion']['iou_type']} IoU &ge; {metrics['iou_threshold']}.</p>"
+    point = metrics.get("operating_point") or {}
+    at = (
+        "each class's own score threshold (column score_threshold)"
+        if point.get("per_class_thresholds")
+        else f"score &ge; {metrics['score_threshold']}"
     )
+    parts.append(
+        f"<p>{metrics['num_images']} images, {metrics['num_detections']} detections. Operating point: "
+        f"<b>{html.escape(operating_point_name(metrics))}</b>; confusion matrix, precision, recall and the alarm "
+        f"at {at} and {metrics['confusion']['iou_type']} IoU &ge; {metrics['iou_threshold']}.</p>"
+    )
+    for warning in point.get("warnings", []):
+        parts.append(f'<div class="alarm warning">{html.escape(warning)}</div>')
+    if compare and compare.get("operating_point"):
+        parts.append(
+            f"<p>Compared with {html.escape(compare['other'])}: operating point "
+            f"<b>{html.escape(compare['operating_point']['other'])}</b>, alarm "
+            f"{html.escape(str(compare['alarm']['other']).upper())} (this: {alarm['verdict'].upper()}).</p>"
+        )
 
     parts.append("<h2>Overall</h2><table><tr><th>metric</th>")
     overall = metrics["overall"]
@@ -374,10 +390,18 @@ def add_comparison(metrics: dict, compare_dir: str) -> dict:
     other = load_other_metrics(compare_dir)
     metrics["compare"] = {
         "other": os.path.abspath(compare_dir),
+        "operating_point": {"this": operating_point_name(metrics), "other": operating_point_name(other)},
+        "alarm": {"this": metrics["alarm"]["verdict"], "other": other.get("alarm", {}).get("verdict")},
         "overall": compare_overall(metrics["overall"], other),
         "per_class": compare_rows(list(metrics["per_class"].values()), other),
     }
     return metrics["compare"]
+
+
+def operating_point_name(metrics: dict) -> str:
+    """What decided a confident detection (reports written before operating points had only one threshold)."""
+    point = metrics.get("operating_point") or {}
+    return point.get("name") or f"global score threshold {metrics.get('score_threshold', 0.5):g}"
 
 
 def example_images(
@@ -389,6 +413,7 @@ def example_images(
     score_threshold: float,
     images_per_class: int,
     progress: bool = False,
+    class_thresholds: dict | None = None,
 ) -> dict[str, list[bytes]]:
     """A few images per class, those with the most missed or misclassified objects of the class first.
 
@@ -407,7 +432,7 @@ def example_images(
     images = image_loader(wanted)
     dets_by_image: dict[int, list[dict]] = {}
     for det in detections:
-        if det["score"] >= score_threshold:
+        if det["score"] >= (class_thresholds or {}).get(int(det["category_id"]), score_threshold):
             dets_by_image.setdefault(int(det["image_id"]), []).append(det)
     drawn = {}
     for image_id in tqdm(wanted, desc="drawing examples", disable=not progress):
