@@ -159,3 +159,54 @@ def test_crt_stage_changes_only_the_class_logits(tiny_run_dir, shapes_records, t
     detector = CheckpointDetector.from_model_dir(second)
     assert detector(sample_images(seed=1)[0])["scores"].ndim == 1
     assert os.path.exists(os.path.join(second, "params.yaml"))
+
+
+@pytest.mark.slow
+def test_crt_stage_starts_from_a_fresh_classifier_and_the_restored_rest(tiny_run_dir, shapes_records, tmp_path):
+    """Kang et al.'s cRT (classifier-balancing's `stage1_weights: false`): after the task's initialize,
+    the class-logit layer holds a fresh initialization (Model Garden's N(0, 0.01^2) kernel, zero bias),
+    not the first stage's; every other model variable is the first stage's. With
+    `reinitialize_classifier: false` the first stage's classifier is kept."""
+    import tensorflow as tf
+    from conftest import _tiny_experiment
+    from official.core import task_factory
+
+    from tfmaskrcnn.tasks import config_resolution
+
+    checkpoint = tf.train.latest_checkpoint(tiny_run_dir)
+    first = _model_values(checkpoint)
+    classifier = "detection_head/0/_classifier/"
+    kernel_key = next(k for k in first if k.startswith(classifier + "kernel"))
+    bias_key = next(k for k in first if k.startswith(classifier + "bias"))
+    assert np.any(first[bias_key] != 0)  # the first stage moved the bias: a restored one would show
+
+    def initialized(reinitialize: bool):
+        params = _tiny_experiment(shapes_records)
+        params.task.classifier_retraining = configs.ClassifierRetraining(
+            init_checkpoint=tiny_run_dir, steps=2, reinitialize_classifier=reinitialize
+        )
+        config_resolution.resolve_config(params.task)
+        task = task_factory.get_task(params.task, logging_dir=str(tmp_path))
+        model = task.build_model()
+        task.initialize(model)
+        return model
+
+    model = initialized(reinitialize=True)
+    head = model.detection_head[0]._classifier  # pylint: disable=protected-access
+    kernel, bias = head.kernel.numpy(), head.bias.numpy()
+    assert kernel.shape == first[kernel_key].shape
+    assert np.all(bias == 0)
+    assert not np.allclose(kernel, first[kernel_key])
+    assert 0.008 < kernel.std() < 0.012 and abs(kernel.mean()) < 0.003  # N(0, 0.01^2)
+    # Everything else is the first stage's: compare through a checkpoint of the initialized model.
+    saved = tf.train.Checkpoint(**model.checkpoint_items).write(str(tmp_path / "init" / "ckpt"))
+    after = _model_values(saved)
+    compared = set(after) & set(first)
+    assert len(compared) > 100 and any("moving_mean" in key for key in compared), sorted(after)[:5]
+    differ = sorted(k for k in compared if not np.array_equal(after[k], first[k]))
+    assert differ == sorted([kernel_key, bias_key]), differ
+
+    model = initialized(reinitialize=False)
+    head = model.detection_head[0]._classifier  # pylint: disable=protected-access
+    np.testing.assert_array_equal(head.kernel.numpy(), first[kernel_key])
+    np.testing.assert_array_equal(head.bias.numpy(), first[bias_key])

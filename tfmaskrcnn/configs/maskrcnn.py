@@ -117,12 +117,16 @@ class ClassifierRetraining(hyperparams.Config):
     trains with `sampling` (none | repeat_factor | class_aware) in place of
     `train_data.sampling.type`. `steps` is the length of the stage and must equal
     `trainer.train_steps` (the crt experiments check it). See `tfmaskrcnn.tasks.classifier_retraining`.
+    `reinitialize_classifier` (the paper's cRT, default): the class-logit layer starts from a fresh
+    initialization, not from the first stage's (Kang et al.; classifier-balancing's
+    `stage1_weights: false`); false fine-tunes the first stage's classifier instead.
     """
 
     init_checkpoint: str = ""
     steps: int = 0
     sampling: str = "class_aware"
     trainable: str = "logits"
+    reinitialize_classifier: bool = True
 
 
 @dataclasses.dataclass

@@ -1,7 +1,9 @@
 """Decoupled classifier re-training (cRT, Kang et al. 2020): the second stage of a two-stage training.
 
 Stage 1 trains the whole model as usual (instance-balanced data). Stage 2 restores every weight
-of stage 1, freezes everything except the box head's class logits (`trainable: logits`, the
+of stage 1, re-initializes the class-logit layer (the paper's cRT: the classifier is learned anew
+on balanced data, classifier-balancing's `stage1_weights: false`; `reinitialize_classifier: false`
+keeps the first stage's instead), freezes everything except the box head's class logits (`trainable: logits`, the
 `detection-scores` Dense layer of each Model Garden `DetectionHead`) or the whole box head
 (`trainable: box_head`), and retrains for `steps` steps on a class-balanced stream
 (`sampling: class_aware`). Its checkpoints are ordinary ones: eval and export take them.
@@ -18,7 +20,7 @@ this module has the pieces, with no config object beyond the `ClassifierRetraini
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 import tensorflow as tf
 import tf_keras
@@ -85,6 +87,38 @@ def restore_all(model: tf_keras.Model, path: str) -> str:
     status = tf.train.Checkpoint(model=model).read(path)
     status.expect_partial().assert_existing_objects_matched()
     return path
+
+
+def _fresh(initializer):
+    # A new instance of the layer's initializer: Keras returns the same values from a reused
+    # unseeded instance, and a clone draws like the layer's own initialization did.
+    return type(initializer).from_config(initializer.get_config())
+
+
+def reinitialize_classifiers(model: tf_keras.Model) -> List[str]:
+    """Re-runs the initializers of each box head's class-logit Dense (`detection-scores`: Model Garden
+    draws the kernel from N(0, 0.01^2) and zeroes the bias) on the built model; returns the variable
+    names. Called after the first stage's weights are restored, so that only they are fresh."""
+    names = []
+    for layer in retrained_layers(model, "logits"):
+        if not layer.built:
+            raise ValueError(f"the class-logit layer {layer.name} is not built: build the model before restoring")
+        variables = [(layer.kernel, layer.kernel_initializer)]
+        if layer.use_bias:
+            variables.append((layer.bias, layer.bias_initializer))
+        for variable, initializer in variables:
+            variable.assign(tf.cast(_fresh(initializer)(variable.shape, tf.float32), variable.dtype))
+            names.append(variable.name)
+    return names
+
+
+def restore_first_stage(model: tf_keras.Model, spec) -> Tuple[str, List[str]]:
+    """The start of a re-training stage: every weight from the first stage's checkpoint, then the
+    class-logit layers re-initialized when `spec.reinitialize_classifier` (the paper's cRT).
+    Returns the checkpoint path and the names of the re-initialized variables."""
+    path = restore_all(model, spec.init_checkpoint)
+    reinitialized = reinitialize_classifiers(model) if spec.reinitialize_classifier else []
+    return path, reinitialized
 
 
 def retrained_layers(model: tf_keras.Model, trainable: str) -> List[tf_keras.layers.Layer]:

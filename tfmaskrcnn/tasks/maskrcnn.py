@@ -92,12 +92,13 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
 
     # ------------------------------------------------ classifier re-training (cRT)
     def _restore_first_stage(self, model: tf_keras.Model) -> bool:
-        """A cRT stage (`task.classifier_retraining.init_checkpoint`) starts from every weight of the first."""
+        """A cRT stage (`task.classifier_retraining.init_checkpoint`) starts from every weight of the first,
+        the class-logit layer re-initialized (`reinitialize_classifier`, the paper's cRT)."""
         spec = self.task_config.classifier_retraining
         if not classifier_retraining.enabled(spec):
             return False
-        path = classifier_retraining.restore_all(model, spec.init_checkpoint)
-        logging.info("Classifier re-training: all weights restored from %s", path)
+        path, fresh = classifier_retraining.restore_first_stage(model, spec)
+        logging.info("Classifier re-training: all weights restored from %s; re-initialized: %s", path, fresh or "none")
         return True
 
     def _freeze_for_retraining(self, model: tf_keras.Model) -> None:
