@@ -209,7 +209,8 @@ def _duplicate_image_id(d):
 CASES = {
     "category_id_zero": (ERROR, _category_zero),
     "annotation_unknown_category": (ERROR, _unknown_category),
-    "category_id_zero_declared": (ERROR, _category_id_zero_declared),
+    # A declared, unused "background" category is left out of the label map, as the converter does.
+    "categories_left_out": (INFO, _category_id_zero_declared),
     "duplicate_category_name": (ERROR, _duplicate_category_name),
     "duplicate_category_id": (ERROR, _duplicate_category_id),
     "category_id_gaps": (INFO, _id_gaps),

@@ -85,7 +85,6 @@ def bad_dataset(tmp_path_factory):
         {"id": 21, "file_name": "corrupt.jpg", "width": W, "height": H},
         {"id": 22, "file_name": "float.tif", "width": W, "height": H},
         {"id": 23, "file_name": "wrong_size.jpg", "width": 50, "height": 50},
-        {"id": 1, "file_name": "inside.jpg", "width": W, "height": H},  # duplicate id
         {"id": 24, "file_name": "../outside.jpg", "width": W, "height": H},
         {"id": 25, "file_name": "/etc/hostname", "width": W, "height": H},
         {"file_name": "good.jpg", "width": W, "height": H},  # no id
@@ -137,7 +136,6 @@ EXPECTED_COUNTS = {
     "image_corrupt": 1,
     "image_unsupported_mode": 1,
     "image_size_mismatch": 1,
-    "duplicate_image_id": 1,
     "file_name_escapes_image_dir": 2,
     "image_record_invalid": 1,
     "annotation_of_skipped_image": 6,  # 2000, 2100, 2101, 2200, 2300, 2400
@@ -213,16 +211,22 @@ def read_records(output):
 
 
 def test_every_reason_is_counted_exactly(converted):
-    # The dataset exercises the whole vocabulary but what only options cause (tests/test_convert_real_exports.py).
-    assert set(EXPECTED_COUNTS) == set(REASONS) - {"category_dropped", "crowd_skipped", "crowd_as_instance"}
+    # The dataset exercises the whole vocabulary but what only options cause (tests/test_convert_real_exports.py)
+    # and repeated image ids, which the converter refuses (test_duplicate_image_ids_are_refused).
+    assert set(EXPECTED_COUNTS) == set(REASONS) - {
+        "category_dropped",
+        "crowd_skipped",
+        "crowd_as_instance",
+        "duplicate_image_id",
+    }
     assert converted.counts == EXPECTED_COUNTS
     saved = json.loads((converted_output(converted) / "conversion_report.json").read_text())
     skipped_annotations = sum(n for r, n in EXPECTED_COUNTS.items() if REASONS[r][0] == "annotation_skipped")
     skipped_images = sum(n for r, n in EXPECTED_COUNTS.items() if REASONS[r][0] == "image_skipped")
     # every input record is either written or skipped for exactly one reason
     assert saved["totals"] == {
-        "images_in": 18,
-        "images_out": 18 - skipped_images,
+        "images_in": 17,
+        "images_out": 17 - skipped_images,
         "annotations_in": 31,
         "annotations_out": 31 - skipped_annotations,
     }
@@ -340,3 +344,21 @@ def test_missing_image_directory_fails_fast(bad_dataset, tmp_path, capsys):
     ]
     assert cli.main(argv) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_duplicate_image_ids_are_refused(bad_dataset, tmp_path, capsys):
+    # mmdetection #10666: a one-off export script gave two photos one id, and the second photo's objects were
+    # trained on the first. Nothing says which image an annotation of that id was drawn on: refuse, naming both.
+    data = json.loads((bad_dataset / "bad.json").read_text())
+    data["images"].append({"id": 2, "file_name": "inside.jpg", "width": W, "height": H})
+    path = tmp_path / "dup.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CocoFormatError) as error:
+        convert_coco(str(path), str(bad_dataset / "images"), str(tmp_path / "out"), progress=False)
+    message = str(error.value)
+    assert str(path) in message and "image id 2" in message
+    assert "'gray.png'" in message and "'inside.jpg'" in message and "unique id" in message
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.tfrecord"))
+    argv = ["convert", "--annotations", str(path), "--images", str(bad_dataset / "images")]
+    assert cli.main(argv + ["--output", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "image id 2 is used by" in capsys.readouterr().err

@@ -4,9 +4,14 @@
         [--val-annotations instances_val.json] [--experiment tfmaskrcnn_r50fpn_gpu]
     tfmaskrcnn audit converted/train --output audit_out
     tfmaskrcnn audit --annotations data.yaml --split train --output audit_out   # or a Labelme, CVAT, VOC export
+    tfmaskrcnn audit --annotations train/_annotations.coco.json --output audit_out --crowd as-instances \
+        --class-map classes.yaml --fail-on warning
 
 Prints a summary, writes audit.json, class_histogram.png, samples/*.png and report.html into
-OUT, and exits with 1 when any check found an error (2 when the command cannot run).
+OUT, and exits with 1 when any check found an error (with `--fail-on warning`: an error or a
+warning, such as a missing image; 2 when the command cannot run). `--class-map`,
+`--drop-categories`, `--keep-empty-categories` and `--crowd` are those of `tfmaskrcnn convert`:
+the audit sees the classes the conversion with the same options would write.
 The checks are in `tfmaskrcnn.data.audit`, the files in `tfmaskrcnn.diagnostics.audit_report`.
 """
 
@@ -16,6 +21,7 @@ import argparse
 import sys
 
 from tfmaskrcnn.data import audit
+from tfmaskrcnn.data.categories import CategoryError, add_category_arguments, category_options
 
 
 def anchor_check(experiment: str) -> audit.AnchorCheck:
@@ -52,6 +58,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples-per-class", type=int, default=4, help="images per class in the sample grids")
     parser.add_argument("--workers", type=int, default=None, help="reader threads (default: min(8, CPUs))")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument(
+        "--fail-on",
+        choices=audit.FAIL_ON,
+        default=audit.ERROR,
+        help="exit with 1 on any finding of this severity or worse: error (default; training would break or learn "
+        "the wrong thing) or warning (also data that training survives: missing or unreadable images, file names "
+        "outside the image folder, annotations of no image, ...)",
+    )
+    add_category_arguments(parser)
     from tfmaskrcnn.data.formats import command as formats_command  # --format: Labelme, CVAT, YOLO, VOC exports
 
     formats_command.add_arguments(parser)
@@ -71,9 +86,18 @@ def main(args: argparse.Namespace) -> int:
     if args.val_annotations and not coco_mode:
         print("error: --val-annotations goes with --annotations/--images", file=sys.stderr)
         return 2
+    category_flags = args.class_map or args.drop_categories or args.keep_empty_categories or args.crowd != "keep"
+    if category_flags and not coco_mode:
+        print(
+            "error: --class-map, --drop-categories, --keep-empty-categories and --crowd apply to an export "
+            "(--annotations); converted records already hold the classes they were converted with",
+            file=sys.stderr,
+        )
+        return 2
     progress = not args.no_progress
     try:
         anchor = anchor_check(args.experiment) if args.experiment else None
+        options = {"categories": category_options(args), "crowd": args.crowd} if coco_mode else {}
         if imported is not None:
             result = audit.audit_coco_dict(
                 imported.coco,
@@ -83,6 +107,7 @@ def main(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 progress=progress,
                 samples_per_class=args.samples_per_class,
+                **options,
             )
         elif coco_mode:
             result = audit.audit_coco(
@@ -93,6 +118,7 @@ def main(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 progress=progress,
                 samples_per_class=args.samples_per_class,
+                **options,
             )
         else:
             result = audit.audit_records(
@@ -102,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
                 progress=progress,
                 samples_per_class=args.samples_per_class,
             )
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, CategoryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(result.format_summary())
@@ -110,4 +136,7 @@ def main(args: argparse.Namespace) -> int:
         print("(object sizes not checked against anchors: pass --experiment NAME)")
     paths = write_audit_report(result, args.output, progress=progress)
     print(f"wrote {paths['json']} and {paths['html']}")
-    return result.exit_code
+    code = result.exit_code_for(args.fail_on)
+    if code and args.fail_on == audit.WARNING and not result.counts[audit.ERROR]:
+        print(f"--fail-on warning: {result.counts[audit.WARNING]} warning(s), exit code 1")
+    return code

@@ -43,6 +43,7 @@ decoding releases the GIL) with a tqdm progress bar.
 
 from __future__ import annotations
 
+import collections
 import time
 from typing import Any, Sequence
 
@@ -54,6 +55,7 @@ from tfmaskrcnn.data.audit_checks import (  # noqa: F401  (public names of the a
     DOMINANT_WARNING,
     DUPLICATE_IOU,
     ERROR,
+    FAIL_ON,
     IMBALANCE_INFO,
     INFO,
     MASK_BOX_MIN_IOU,
@@ -74,7 +76,7 @@ from tfmaskrcnn.data.audit_images import (  # noqa: F401
     read_json,
     run_parallel,
 )
-from tfmaskrcnn.data.audit_labels import check_categories, compare_categories  # noqa: F401
+from tfmaskrcnn.data.audit_labels import check_categories, check_category_plan, compare_categories  # noqa: F401
 from tfmaskrcnn.data.audit_records import audit_records, check_record, record_sample  # noqa: F401
 from tfmaskrcnn.data.audit_stats import (  # noqa: F401
     AnchorCheck,
@@ -86,6 +88,8 @@ from tfmaskrcnn.data.audit_stats import (  # noqa: F401
     empty_result,
     settings_of,
 )
+from tfmaskrcnn.data.categories import CategoryOptions
+from tfmaskrcnn.data.coco_geometry import is_int
 
 
 def audit_coco(
@@ -96,8 +100,14 @@ def audit_coco(
     workers: int | None = None,
     progress: bool = True,
     samples_per_class: int = 4,
+    categories: CategoryOptions | None = None,
+    crowd: str = "keep",
 ) -> AuditResult:
-    """Audits a COCO instances JSON and its image folder (see the module docstring)."""
+    """Audits a COCO instances JSON and its image folder (see the module docstring).
+
+    `categories` and `crowd` are the options of `tfmaskrcnn convert` (see `coco.parse_coco`): the
+    audit sees the classes and crowd regions the conversion with the same options would write.
+    """
     start = time.perf_counter()
     data, error = read_json(annotations_path)
     val_data, val_error = (None, None)
@@ -113,6 +123,8 @@ def audit_coco(
         progress=progress,
         samples_per_class=samples_per_class,
         read_errors=[e for e in (error, val_error) if e],
+        categories=categories,
+        crowd=crowd,
     )
     result.seconds = time.perf_counter() - start
     return result
@@ -128,19 +140,21 @@ def audit_coco_dict(
     progress: bool = True,
     samples_per_class: int = 4,
     read_errors: Sequence[str] = (),
+    categories: CategoryOptions | None = None,
+    crowd: str = "keep",
 ) -> AuditResult:
-    """Audits an already-parsed COCO dict against the images under `images_dir`."""
+    """Audits an already-parsed COCO dict against the images under `images_dir`; options as `audit_coco`."""
     start = time.perf_counter()
     hits = Collector()
     source = dict(source or {"annotations": "<memory>", "images": images_dir})
     for message in read_errors:
         hits.add("coco_format", message=message)
-    settings = settings_of(anchor)
+    settings = settings_of(anchor) | {"crowd": crowd}
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
         if data is not None:
             hits.add("coco_format", message='top level must be an object with "images", "annotations", "categories"')
         return empty_result("coco", source, hits, settings, start)
-    categories = check_categories(data.get("categories"), hits)
+    usable_categories = check_categories(data.get("categories"), hits)
     if val_data is not None:
         if isinstance(val_data, dict) and isinstance(val_data.get("categories"), list):
             differences = compare_categories(data.get("categories") or [], val_data["categories"])
@@ -148,9 +162,20 @@ def audit_coco_dict(
                 hits.add("val_categories_differ", message=difference)
         else:
             hits.add("val_categories_differ", message='the validation file has no "categories" list')
-    if not categories:
+    if not usable_categories:
         return empty_result("coco", source, hits, settings, start)
-    dataset = coco.parse_coco({**data, "categories": categories}, source.get("annotations", "<memory>"))
+    try:
+        dataset = coco.parse_coco(
+            {**data, "categories": usable_categories},
+            source.get("annotations", "<memory>"),
+            categories=categories,
+            crowd=crowd,
+            refuse_duplicate_image_ids=False,  # reported below, with every other finding
+        )
+    except coco.CocoFormatError as error:
+        hits.add("category_options", message=str(error))
+        return empty_result("coco", source, hits, settings, start)
+    check_category_plan(dataset.plan, hits)
     label_map = dataset.label_map
     for issue in dataset.issues:
         hits.add(issue.reason, issue.image_id, issue.annotation_id, first_sentence(issue.message))
@@ -171,7 +196,19 @@ def audit_coco_dict(
         num_images=dataset.num_images_in,
         num_annotations=dataset.num_annotations_in,
         samples_per_class=samples_per_class,
+        crowd_left_out=_crowd_per_class(data["annotations"], dataset.plan.class_of) if crowd == "skip" else None,
     )
     result.load_sample = lambda image_id: coco_sample(entries[image_id], images_dir, label_map)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _crowd_per_class(annotations: Sequence[Any], class_of: dict) -> dict[int, int]:
+    """Class id -> iscrowd=1 annotations of it (those `--crowd skip` leaves out before any image is read)."""
+    counts: collections.Counter = collections.Counter()
+    for annotation in annotations:
+        if isinstance(annotation, dict) and annotation.get("iscrowd") and is_int(annotation.get("category_id")):
+            class_id = class_of.get(annotation["category_id"])
+            if class_id is not None:
+                counts[class_id] += 1
+    return dict(counts)

@@ -13,6 +13,7 @@ from tfmaskrcnn.data import coco
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 SEVERITIES = (ERROR, WARNING, INFO)
+FAIL_ON = (ERROR, WARNING)  # `tfmaskrcnn audit --fail-on`: the least severe finding that makes the exit code 1
 _RANK = {ERROR: 0, WARNING: 1, INFO: 2}
 
 DUPLICATE_IOU = 0.95  # same image, box and mask IoU above this: one object annotated twice
@@ -35,10 +36,16 @@ CHECKS: dict[str, tuple[str, str, str]] = {
         "category entry without an integer id and a name",
         'give every category "id" and "name"',
     ),
-    "category_id_zero_declared": (
+    "category_options": (
         ERROR,
-        "a category uses id 0, which Mask R-CNN reserves for background",
-        "renumber the categories from 1 (add 1 to every category id and every annotation's category_id)",
+        "the class options cannot be applied to these categories",
+        "fix --class-map / --drop-categories (names are matched exactly, case included)",
+    ),
+    "categories_left_out": (
+        INFO,
+        "category with no annotation left out of the label map: a parent (supercategory, such as Roboflow's id 0) "
+        "or named like background; as a class it could never be learned",
+        "nothing to do (`tfmaskrcnn convert` leaves it out too); --keep-empty-categories keeps it",
     ),
     "duplicate_category_id": (ERROR, "two categories share one id", "give every category a unique id"),
     "duplicate_category_name": (
@@ -48,7 +55,7 @@ CHECKS: dict[str, tuple[str, str, str]] = {
     ),
     "category_id_gaps": (
         INFO,
-        "category ids are not contiguous 1..K",
+        "category ids are not 1..K (0-indexed, gaps or unsorted): any ids are fine",
         "nothing to do: the converter maps them to 1..K and writes label_map.json; at inference use that file, "
         "never a hand-typed class list",
     ),
@@ -112,6 +119,13 @@ CHECKS: dict[str, tuple[str, str, str]] = {
         "annotation whose category_id is not among the categories",
         "add the category or fix the id (ids shifted or taken from another label list?)",
     ),
+    "category_dropped": (
+        INFO,
+        coco.REASONS["category_dropped"][1],
+        "nothing to do if intended; the conversion report counts them per rule",
+    ),
+    "crowd_skipped": (INFO, coco.REASONS["crowd_skipped"][1], "nothing to do if intended"),
+    "crowd_as_instance": (INFO, coco.REASONS["crowd_as_instance"][1], "nothing to do if intended"),
     "box_invalid": (WARNING, coco.REASONS["box_invalid"][1], "write bbox as [x, y, width, height] in pixels"),
     "box_degenerate": (
         WARNING,
@@ -158,6 +172,13 @@ CHECKS: dict[str, tuple[str, str, str]] = {
         INFO,
         "image whose only annotations are crowd regions (no object to learn from)",
         "nothing to do if intended",
+    ),
+    "class_only_crowd": (
+        ERROR,
+        "class whose every annotation is a crowd region (iscrowd=1): Model Garden skips crowd in training, so the "
+        "model gets no instance of it and can never predict it",
+        "convert (and audit) with `--crowd as-instances` (CVAT exports brush masks as iscrowd=1 RLE), or redraw "
+        "the objects as polygons",
     ),
     "crowd_annotations": (
         INFO,

@@ -15,6 +15,7 @@ from tfmaskrcnn.data.audit_checks import (
     DOMINANT_WARNING,
     DUPLICATE_IOU,
     ERROR,
+    FAIL_ON,
     IMBALANCE_INFO,
     INFO,
     MASK_BOX_MIN_IOU,
@@ -91,6 +92,7 @@ class AuditResult:
     settings: dict
     seconds: float = 0.0
     load_sample: Callable[[Any], Sample] | None = None
+    crowd_per_class: np.ndarray | None = None  # [K] crowd regions per class (not trained on); None: not counted
 
     @property
     def counts(self) -> dict[str, int]:
@@ -99,7 +101,13 @@ class AuditResult:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.counts[ERROR] else 0
+        return self.exit_code_for(ERROR)
+
+    def exit_code_for(self, fail_on: str = ERROR) -> int:
+        """1 when a finding is at least as severe as `fail_on` ("error" or "warning"), else 0."""
+        if fail_on not in FAIL_ON:
+            raise ValueError(f"--fail-on {fail_on!r}: choose one of {', '.join(FAIL_ON)}")
+        return 1 if any(self.counts[s] for s in SEVERITIES[: SEVERITIES.index(fail_on) + 1]) else 0
 
     @property
     def imbalance_ratio(self) -> float | None:
@@ -116,6 +124,7 @@ class AuditResult:
                 "id": i + 1,
                 "name": name,
                 "instances": int(self.instances[i]),
+                "crowd": int(self.crowd_per_class[i]) if self.crowd_per_class is not None else None,
                 "images": int(self.images_per_class[i]),
                 "share": float(self.instances[i] / total),
             }
@@ -182,9 +191,13 @@ def aggregate(
     num_images: int,
     num_annotations: int,
     samples_per_class: int,
+    crowd_left_out: dict[int, int] | None = None,
 ) -> AuditResult:
+    """Sums the per-image results; `crowd_left_out` (class id -> count) adds crowd regions that
+    `--crowd skip` left out before the images were read, so a class made only of them is found."""
     num_classes = len(names)
     instances = np.zeros(num_classes, dtype=np.int64)
+    crowd_per_class = np.zeros(num_classes, dtype=np.int64)
     images_per_class = np.zeros(num_classes, dtype=np.int64)
     small = np.zeros(num_classes, dtype=np.int64)
     samples: dict[int, list] = collections.defaultdict(list)
@@ -201,6 +214,8 @@ def aggregate(
         for o in result.objects:
             if o.is_crowd:
                 crowd += 1
+                if 1 <= o.class_id <= num_classes:
+                    crowd_per_class[o.class_id - 1] += 1
             elif 1 <= o.class_id <= num_classes:
                 instances[o.class_id - 1] += 1
                 classes.add(o.class_id)
@@ -241,7 +256,25 @@ def aggregate(
         # writes objects twice under two classes, which teaches the model the classes are one.
         hits.severity["conflicting_labels"] = ERROR
         hits.summary["conflicting_labels"] = f"{conflicts} pair(s), {conflicts / max(total, 1):.1%} of the instances"
-    empty = [i for i in range(num_classes) if instances[i] == 0]
+    for class_id, count in (crowd_left_out or {}).items():
+        if 1 <= class_id <= num_classes:
+            crowd_per_class[class_id - 1] += count
+    only_crowd = [i for i in range(num_classes) if instances[i] == 0 and crowd_per_class[i] > 0]
+    for i in only_crowd:
+        left_out = (crowd_left_out or {}).get(i + 1, 0)
+        hits.add(
+            "class_only_crowd",
+            message=f"{int(crowd_per_class[i])} {names[i]!r} annotation(s), all iscrowd=1"
+            + (f" ({left_out} left out by --crowd skip)" if left_out else ""),
+        )
+    if hits.count["class_only_crowd"]:
+        hits.summary["class_only_crowd"] = f"{len(only_crowd)} class(es)"
+    if crowd_per_class.any():
+        order = np.argsort(-crowd_per_class, kind="stable")
+        hits.summary["crowd_annotations"] = f"{crowd} region(s); per class: " + ", ".join(
+            f"{names[i]!r} {int(crowd_per_class[i])}" for i in order[:10] if crowd_per_class[i]
+        )
+    empty = [i for i in range(num_classes) if instances[i] == 0 and i not in only_crowd]
     if total and empty:
         hits.add(
             "classes_without_instances",
@@ -281,6 +314,7 @@ def aggregate(
         findings=hits.findings(),
         samples=dict(samples),
         settings=settings,
+        crowd_per_class=crowd_per_class,
     )
 
 

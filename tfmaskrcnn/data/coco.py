@@ -50,7 +50,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "image_record_invalid": (IMAGE_SKIPPED, "image entry without an integer id or a file_name"),
     "duplicate_image_id": (
         IMAGE_SKIPPED,
-        "image id shared by several images: which one its annotations belong to is unknown",
+        "image id shared by several images: which one its annotations belong to is unknown (the audit reports "
+        "it; the converter refuses the file)",
     ),
     "file_name_escapes_image_dir": (IMAGE_SKIPPED, "file_name is absolute or leaves the image directory"),
     "image_missing": (IMAGE_SKIPPED, "image file not found"),
@@ -181,6 +182,40 @@ def load_coco(annotations_path: str, categories: CategoryOptions | None = None, 
     return parse_coco(read_coco_json(annotations_path), annotations_path, categories, crowd)
 
 
+def duplicate_image_ids(images: Any) -> list[tuple[int, list[tuple[int, str]]]]:
+    """[(image id, [(position, file_name), ...])] for every integer id that several `images` entries use."""
+    positions: dict[int, list[tuple[int, str]]] = collections.defaultdict(list)
+    for position, image in enumerate(images if isinstance(images, list) else []):
+        image_id = image.get("id") if isinstance(image, dict) else None
+        if is_int(image_id):
+            positions[image_id].append((position, str(image.get("file_name") or "")))
+    return [(i, where) for i, where in positions.items() if len(where) > 1]
+
+
+def check_unique_image_ids(images: Any, source: str) -> None:
+    """Raises CocoFormatError naming the file, the id and the file names when image ids repeat.
+
+    Annotations point to images by id only: with two images under one id nothing says which
+    one an annotation was drawn on (mmdetection #10666: a later image's objects trained on the
+    first), so converting either would teach wrong masks.
+    """
+    duplicates = duplicate_image_ids(images)
+    if not duplicates:
+        return
+    image_id, where = duplicates[0]
+    names = " and ".join(f"images[{p}] ({n!r})" for p, n in where[:3]) + (" ..." if len(where) > 3 else "")
+    more = (
+        f" ({len(duplicates) - 1} more id(s) repeat: {', '.join(str(i) for i, _ in duplicates[1:6])})"
+        if len(duplicates) > 1
+        else ""
+    )
+    raise CocoFormatError(
+        f"{source}: image id {image_id} is used by {names}{more}; annotations name their image by id, so which "
+        "image they belong to is unknown. Give every image a unique id (renumber the images and the image_id of "
+        "their annotations, or export again); `tfmaskrcnn audit` lists every repeated id"
+    )
+
+
 def read_coco_json(annotations_path: str) -> Any:
     """The parsed JSON of a COCO file (local or gs://); raises CocoFormatError naming the file."""
     import tensorflow as tf
@@ -202,13 +237,17 @@ def parse_coco(
     annotations_path: str = "<memory>",
     categories: CategoryOptions | None = None,
     crowd: str = "keep",
+    refuse_duplicate_image_ids: bool = True,
 ) -> CocoDataset:
     """Checks an already-parsed COCO dict; see `load_coco`.
 
     `categories` gives the user's choices about classes (class map, drops, empty
     categories; see `categories.plan_categories`); `crowd` what happens to iscrowd=1
     annotations: "keep" (written as crowd; Model Garden skips them in training), "skip"
-    (left out, counted) or "as-instances" (written as ordinary instances).
+    (left out, counted) or "as-instances" (written as ordinary instances). Repeated image
+    ids raise CocoFormatError (see `check_unique_image_ids`); the audit, which reports
+    instead of refusing, passes `refuse_duplicate_image_ids=False` and gets one
+    `duplicate_image_id` issue per repeat.
     """
     if not isinstance(data, dict):
         raise CocoFormatError(f"{annotations_path}: top level must be an object with images/annotations/categories")
@@ -217,6 +256,8 @@ def parse_coco(
             raise CocoFormatError(f'{annotations_path}: "{key}" must be a list (COCO instances format)')
     if crowd not in CROWD_MODES:
         raise CocoFormatError(f"crowd mode {crowd!r} is not one of {', '.join(CROWD_MODES)} (--crowd)")
+    if refuse_duplicate_image_ids:
+        check_unique_image_ids(data["images"], annotations_path)
     try:
         plan = plan_categories(data["categories"], data["annotations"], categories, annotations_path)
     except CategoryError as error:
@@ -250,8 +291,8 @@ def parse_coco(
                     file_name,
                     image_id,
                     None,
-                    f"images[{position}] ({file_name}) reuses id {image_id} of {file_names.get(image_id)!r}; its "
-                    "annotations go to the first image with that id. Give every image a unique id",
+                    f"images[{position}] ({file_name}) reuses id {image_id} of {file_names.get(image_id)!r}; which "
+                    "of them its annotations belong to is unknown. Give every image a unique id",
                 )
             )
             continue

@@ -171,8 +171,8 @@ def report_html(result: AuditResult, grids: dict[int, str], histogram: str | Non
         else "<p>No finding.</p>"
     )
     class_rows = "".join(
-        f"<tr><td>{c['id']}</td><td>{e(c['name'])}</td><td>{c['instances']}</td><td>{c['images']}</td>"
-        f"<td>{c['share']:.1%}</td></tr>"
+        f"<tr><td>{c['id']}</td><td>{e(c['name'])}</td><td>{c['instances']}</td><td>{c.get('crowd') or 0}</td>"
+        f"<td>{c['images']}</td><td>{c['share']:.1%}</td></tr>"
         for c in data["classes"]
     )
     grid_html = "".join(
@@ -191,10 +191,11 @@ td,th{{border:1px solid #ccc;padding:3px 6px;vertical-align:top;font-size:13px}}
 <p>{source}</p>
 <p>{totals["images"]} images, {totals["annotations"]} annotations ({totals["crowd"]} crowd), {totals["classes"]}
 classes; {totals["usable_images"]} images and {totals["usable_annotations"]} annotations usable.
-{counts[ERROR]} error(s), {counts[WARNING]} warning(s), {counts[INFO]} info. Exit code {result.exit_code}.</p>
+{counts[ERROR]} error(s), {counts[WARNING]} warning(s), {counts[INFO]} info. Exit code {result.exit_code} (with --fail-on error).</p>
 <h2>Findings</h2>{findings_table}
 <h2>Classes</h2>{f"<img src='{histogram}' alt='class histogram'>" if histogram else ""}
-<table><tr><th>id</th><th>name</th><th>instances</th><th>images</th><th>share</th></tr>{class_rows}</table>
+<table><tr><th>id</th><th>name</th><th>instances</th><th>crowd (not trained on)</th><th>images</th><th>share</th>
+</tr>{class_rows}</table>
 <h2>Samples per class (ground truth)</h2>{grid_html or "<p>No sample.</p>"}
 </body></html>
 """
