@@ -50,6 +50,19 @@ def test_init_checkpoint_and_retraining_checkpoint_are_exclusive():
         crt.check_config(task)
 
 
+def test_start_line_says_whether_the_classifier_is_reinitialized():
+    from tfmaskrcnn.tasks import config_resolution
+
+    task = _task_config(init_checkpoint="runs/x")
+    task.model.num_classes = 4
+    assert task.classifier_retraining.reinitialize_classifier  # the paper's cRT by default
+    notes = config_resolution.start_notes(task)
+    assert "classifier re-training from runs/x: class-logit layer re-initialized (cRT" in "\n".join(notes), notes
+    task.classifier_retraining.reinitialize_classifier = False
+    assert "fine-tuned from the first stage" in "\n".join(config_resolution.start_notes(task))
+    assert not any("re-training" in n for n in config_resolution.start_notes(_task_config()))
+
+
 def test_training_stream_takes_the_retraining_sampling():
     spec = configs.ClassifierRetraining(init_checkpoint="runs/x", sampling="class_aware")
     data = configs.Sampling(type="none", seed=5, shuffle_buffer_size=16)

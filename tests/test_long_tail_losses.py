@@ -244,6 +244,73 @@ def test_federated_samples_negatives_in_proportion_to_weight():
     assert len({tuple(m) for m in masks}) == 3  # the draw changes with the step
 
 
+def test_federated_class_count_as_a_fraction_of_k():
+    # detectron2 / the paper: |S| = 50 classes; at K <= 50 that is every class (plain BCE).
+    assert long_tail.federated_num_sampled(1203) == 50
+    assert long_tail.federated_num_sampled(5) == 5
+    # A fraction of K: ceil(x * K), at least 1, at most K; the paper's 50 / 1203 gives 50 back.
+    assert long_tail.federated_num_sampled(5, fraction=0.4) == 2
+    assert long_tail.federated_num_sampled(5, fraction=0.01) == 1
+    assert long_tail.federated_num_sampled(1203, fraction=50 / 1203) == 50
+    assert long_tail.federated_num_sampled(5, fraction=1.0) == 5
+    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
+        long_tail.federated_num_sampled(5, fraction=0.0)
+
+
+def test_federated_loss_samples_at_small_k_when_configured():
+    """K = 5, |S| = 2 (fraction 0.4): a batch whose only class is 2 has class 2 plus one negative in its
+    loss, drawn by count^0.5 and changing with the step; the columns outside S get no gradient and the
+    value is the BCE over S computed in numpy."""
+    counts = [0, 100, 4, 1, 25, 0]  # background first; class 5 in no image: never drawn
+    loss = losses.FederatedLoss(6, counts, num_sampled=long_tail.federated_num_sampled(5, fraction=0.4), seed=3)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1, (4, 6)).astype(np.float32)
+    targets = np.array([2, 0, 0, 2], np.int32)
+    drawn = []
+    for _ in range(400):
+        value, grad = _value_and_grad(lambda x: loss(x, tf.constant(targets)), logits)
+        in_loss = np.flatnonzero(np.abs(grad[:, 1:]).sum(0) > 0) + 1  # class ids with a gradient
+        assert 2 in in_loss and len(in_loss) == 2 and 5 not in in_loss, in_loss
+        negative = int(in_loss[in_loss != 2][0])
+        drawn.append(negative)
+        onehot = np.eye(6)[targets][:, 1:]
+        bce = -(onehot * np.log(_sigmoid(logits[:, 1:])) + (1 - onehot) * np.log(1 - _sigmoid(logits[:, 1:])))
+        np.testing.assert_allclose(value, bce[:, [1, negative - 1]].sum(1).mean(), rtol=1e-5)
+    shares = np.bincount(drawn, minlength=6)[[1, 3, 4]] / len(drawn)
+    np.testing.assert_allclose(shares, np.array([10, 1, 5]) / 16, atol=0.06)  # sqrt of 100, 1, 25
+
+
+def _federated_task(fraction=None, num_classes=50):
+    task = _params()  # K = 3
+    task.class_balance.loss_type = "federated"
+    task.class_balance.fed_loss_class_counts = [0, 9, 4, 1]
+    task.class_balance.fed_loss_fraction = fraction
+    task.class_balance.fed_loss_num_classes = num_classes
+    task.model.detection_generator.use_sigmoid_probability = True
+    return task
+
+
+def test_federated_fraction_resolves_into_the_class_count():
+    from tfmaskrcnn.tasks import config_resolution
+
+    task = _federated_task(fraction=0.5)
+    with pytest.raises(config_resolution.UnresolvedConfigError, match=r"\|S\| = 2 of 3 classes"):
+        config_resolution.check_long_tail_loss(task)  # what the task sees: must come resolved
+    config_resolution.check_long_tail_loss(task, read_data=True)  # what training start does
+    assert task.class_balance.fed_loss_num_classes == 2
+    config_resolution.check_long_tail_loss(task)  # now resolved
+    notes = config_resolution.start_notes(task)
+    assert any("federated loss: |S| = 2 of K = 3 classes per step (ceil(0.5 x K))" in n for n in notes), notes
+    # The paper's count on 3 classes: every class in every step, and the start line says so.
+    plain = _federated_task()
+    config_resolution.check_long_tail_loss(plain, read_data=True)
+    assert any("plain sigmoid BCE" in n and "fed_loss_fraction" in n for n in config_resolution.start_notes(plain))
+    with pytest.raises(config_resolution.ConfigError, match="fed_loss_fraction"):
+        config_resolution.check_long_tail_loss(_federated_task(fraction=1.5), read_data=True)
+    with pytest.raises(config_resolution.ConfigError, match="fed_loss_num_classes is 0"):
+        config_resolution.check_long_tail_loss(_federated_task(num_classes=0), read_data=True)
+
+
 # ----------------------------------------------------------- all three losses
 
 
@@ -495,3 +562,49 @@ def test_task_trains_one_step_and_checkpoints_the_statistics(loss_type, shapes_r
     tf.train.Checkpoint(model=model2, optimizer=optimizer2).read(path).expect_partial()
     for restored, saved in zip(model2.class_loss_state.stages[0].variables, after):
         np.testing.assert_array_equal(restored.numpy(), saved)
+
+
+class _StopBeforeTheTask(Exception):
+    pass
+
+
+def test_training_start_prints_and_records_the_resolved_long_tail_settings(monkeypatch, shapes_records, tmp_path):
+    """`tfmaskrcnn train` says at start how detections are scored, the federated |S| and the repeat-factor
+    rule, and keeps the lines in params.yaml (beside the fields they come from) and class_balance.md."""
+    import yaml
+    from official.core import exp_factory
+
+    from tfmaskrcnn.cli import train
+
+    def get_task(*args, **kwargs):
+        raise _StopBeforeTheTask
+
+    monkeypatch.setattr(train.task_factory, "get_task", get_task)
+    params = exp_factory.get_exp_config("tfmaskrcnn_shapes_cpu")
+    params.override(
+        {
+            "task": {
+                "train_data": {"input_path": shapes_records["train"], "sampling": {"type": "repeat_factor"}},
+                "validation_data": {"input_path": shapes_records["val"]},
+                "class_balance": {"loss_type": "federated", "fed_loss_fraction": 0.5},
+            }
+        }
+    )
+    lines = []
+    with pytest.raises(_StopBeforeTheTask):
+        train.run(params, str(tmp_path / "run"), "train", announce=lines.append)
+    scoring = next(line for line in lines if line.startswith("scoring: "))
+    assert "scoring: sigmoid" in scoring and "use_sigmoid_probability=true" in scoring, scoring
+    assert "federated loss: |S| = 2 of K = 3 classes per step" in "\n".join(lines), lines
+    rfs = next(line for line in lines if line.startswith("repeat-factor sampling: "))
+    assert "r = max(1, sqrt(t / f)), at most 10" in rfs and "f_max / 2 = " in rfs, rfs
+    text = (tmp_path / "run" / "params.yaml").read_text()
+    for line in (scoring, rfs):
+        assert f"# resolved at training start: {line}\n" in text
+    task = yaml.safe_load(text)["task"]
+    assert task["class_balance"]["fed_loss_num_classes"] == 2
+    assert task["model"]["detection_generator"]["use_sigmoid_probability"] is True
+    sampling = task["train_data"]["sampling"]
+    assert sampling["threshold_rule"].startswith("f_max / 2 = ") and sampling["max_repeat_factor"] == 10.0
+    report = (tmp_path / "run" / "class_balance.md").read_text()
+    assert f"- {scoring}" in report and f"- {rfs}" in report

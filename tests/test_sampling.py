@@ -67,6 +67,48 @@ def test_choose_threshold_boosts_a_skewed_split_and_leaves_a_balanced_one():
         sampling.choose_threshold([0.0, 0.0])
 
 
+# An LVIS-like table: 100k images, image counts of 1203 classes from 50k down to 1 image
+# (frequencies 0.5 .. 1e-5, log-uniform, as LVIS v1's rare/common/frequent spread).
+LVIS_LIKE = np.geomspace(0.5, 1e-5, 1203)
+
+
+def test_choose_threshold_on_an_lvis_like_table_is_lvis_own():
+    """f_max / 2 would repeat the 1-in-100k class sqrt(0.25 / 1e-5) = 158x; the rule lowers t until the
+    rarest class repeats 10x, which is LVIS's t = 0.001 (detectron2's REPEAT_THRESHOLD for LVIS)."""
+    threshold = sampling.choose_threshold(LVIS_LIKE)
+    assert threshold == pytest.approx(0.001)
+    factors = sampling.repeat_factors(LVIS_LIKE, threshold, max_repeat=10.0)
+    # By hand: f = 1e-5 -> sqrt(100) = 10; f = 1e-4 -> sqrt(10); every class with f >= 0.001 -> 1.
+    expected = np.maximum(1.0, np.sqrt(0.001 / LVIS_LIKE))
+    np.testing.assert_allclose(factors, expected)
+    assert factors[-1] == pytest.approx(10.0) and factors[0] == 1.0
+    assert np.all(factors[LVIS_LIKE >= 0.001] == 1.0)
+    np.testing.assert_allclose(sampling.repeat_factors(np.array([1e-4, 1e-5]), 0.001), [np.sqrt(10.0), 10.0])
+    rule = sampling.choose_threshold_rule(LVIS_LIKE)
+    assert "lowered from f_max / 2 = 0.25" in rule and "158x" in rule and "repeats 10x" in rule, rule
+    # On a small skewed set f_max / 2 stands and the rule says so.
+    small = np.array([0.975, 0.145, 0.073])
+    assert sampling.choose_threshold(small) == pytest.approx(0.4875)
+    assert sampling.choose_threshold_rule(small) == "f_max / 2 = 0.975 / 2"
+
+
+def test_the_cap_bounds_any_threshold_and_the_inverse_variant():
+    # An explicit t = 0.25 on the LVIS-like table: 158x uncapped, 10x with LVIS's largest factor as cap.
+    assert sampling.repeat_factors(LVIS_LIKE, 0.25).max() == pytest.approx(np.sqrt(0.25 / 1e-5))
+    assert sampling.repeat_factors(LVIS_LIKE, 0.25, max_repeat=10.0).max() == 10.0
+    # detectron2's REPEAT_SQRT=False: r = max(1, t / f), by hand on IMAGES' f = 0.8, 0.2, 0.1.
+    frequency = sampling.class_image_frequency(IMAGES, 3)
+    np.testing.assert_allclose(sampling.repeat_factors(frequency, 0.4, sqrt=False), [1.0, 2.0, 4.0])
+    np.testing.assert_allclose(sampling.repeat_factors(frequency, 0.4, sqrt=False, max_repeat=3.0), [1.0, 2.0, 3.0])
+    # Its chosen t gives the rarest class exactly the cap too: 1e-5 * 10 = 1e-4.
+    assert sampling.choose_threshold(LVIS_LIKE, sqrt=False) == pytest.approx(1e-4)
+    assert sampling.repeat_factors(LVIS_LIKE, 1e-4, sqrt=False)[-1] == pytest.approx(10.0)
+    # Without a cap the data rule is f_max / 2 whatever the tail.
+    assert sampling.choose_threshold(LVIS_LIKE, max_repeat=None) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="largest repeat factor must be >= 1"):
+        sampling.repeat_factors(frequency, 0.4, max_repeat=0.5)
+
+
 def _in_memory_dataset(images):
     """Decoded-dict stream like Model Garden's decoder output, from memory."""
     # Every image also carries a crowd instance of class 3, which must not count.

@@ -71,7 +71,13 @@ def run(
         num_gpus=params.runtime.num_gpus,
         tpu_address=params.runtime.tpu,
     )
-    started = [f"{runtime_resolution.describe_strategy(strategy)} ({resolution.describe()})", *resolution.notes]
+    started = [
+        f"{runtime_resolution.describe_strategy(strategy)} ({resolution.describe()})",
+        *resolution.notes,
+        # How detections are scored and what the long-tail settings resolved to, e.g. that the
+        # federated loss is plain sigmoid BCE on a small label set.
+        *experiment.start_notes(params.task),
+    ]
     for line in started:
         announce(line)
     if "train" in mode:

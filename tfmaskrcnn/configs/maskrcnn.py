@@ -50,9 +50,13 @@ class ClassBalance(hyperparams.Config):
     loss_type: `softmax` (cross-entropy), `sigmoid_focal`, or the long-tail losses of
     `tfmaskrcnn.losses.long_tail`: `seesaw` (Wang et al. 2021), `eqlv2` (Tan et al. 2021),
     `federated` (Zhou et al. 2021). The long-tail losses take no class weights (weighting.scheme
-    none); `eqlv2` and `federated` train sigmoid scores, so they need
-    `model.detection_generator.use_sigmoid_probability: true`. `fed_loss_class_counts` (image
-    count per class, background first) is filled in from the training data at training start.
+    none); the loss sets the scoring (`model.detection_generator.use_sigmoid_probability`) when
+    training starts. `fed_loss_class_counts` (image count per class, background first) is filled
+    in from the training data at training start. `fed_loss_num_classes` is |S|, the classes in
+    each step's federated loss (present ones plus negatives drawn by frequency^0.5), 50 as in the
+    paper and detectron2 (50 of LVIS's 1203); at K <= 50 every class is in every step, which is
+    sigmoid BCE. `fed_loss_fraction` (0 < x <= 1), when set, replaces it by ceil(x * K) at training
+    start (the paper's 50 / 1203 is 0.042), so the loss samples on small label sets too.
     Defaults are the papers'.
     """
 
@@ -67,6 +71,7 @@ class ClassBalance(hyperparams.Config):
     eqlv2_mu: float = 0.8
     eqlv2_alpha: float = 4.0
     fed_loss_num_classes: int = 50
+    fed_loss_fraction: Optional[float] = None
     fed_loss_freq_weight_power: float = 0.5
     fed_loss_seed: int = 0
     fed_loss_class_counts: Optional[List[float]] = None
@@ -77,11 +82,17 @@ class Sampling(hyperparams.Config):
     """Image sampling of the training stream.
 
     type: none | repeat_factor (LVIS) | class_aware. `threshold` is LVIS's t; when unset it
-    is chosen from the data (see `tfmaskrcnn.dataloaders.sampling.choose_threshold`) and written back.
+    is chosen from the data (see `tfmaskrcnn.dataloaders.sampling.choose_threshold`) and written back,
+    with the rule that chose it in `threshold_rule`. `repeat_sqrt`: r = max(1, sqrt(t / f)) (LVIS);
+    false: max(1, t / f) (detectron2's REPEAT_SQRT=False). `max_repeat_factor` caps every factor
+    (LVIS's largest is 10); null for no cap.
     """
 
     type: str = "none"
     threshold: Optional[float] = None
+    threshold_rule: str = ""
+    repeat_sqrt: bool = True
+    max_repeat_factor: Optional[float] = 10.0
     seed: Optional[int] = None
     shuffle_buffer_size: int = 64
 

@@ -4,7 +4,10 @@ Repeat-factor sampling (Gupta et al. 2019, LVIS): a class c that appears in a
 fraction f(c) of the training images gets r(c) = max(1, sqrt(t / f(c))); an image
 is repeated r(I) = max over its classes of r(c) times per epoch (1 for an image with
 no object). Non-integer r(I) is rounded stochastically, floor(r) + Bernoulli(r -
-floor(r)), so its expectation is r(I).
+floor(r)), so its expectation is r(I). detectron2's `REPEAT_SQRT=False` variant
+(its PR #5245) uses r(c) = max(1, t / f(c)) instead (`sqrt=False`). Every factor is
+capped at `max_repeat` (10 by default: LVIS's own largest, t = 0.001 on a class
+found in 1 image in 100k), so no threshold repeats an image hundreds of times.
 
 Conventions: per-class arrays have K entries, entry i is class id i + 1 (ids 1..K,
 0 is background and never a ground-truth class). Crowd instances do not count.
@@ -38,6 +41,9 @@ import numpy as np
 # A class is "rare" if it is in fewer than 1/DEFAULT_TOLERANCE as many images as the
 # most common class; see `choose_threshold`.
 DEFAULT_TOLERANCE = 2.0
+# The largest repeat factor: LVIS's t = 0.001 gives 10x to a class in 1 of 100k images.
+DEFAULT_MAX_REPEAT = 10.0
+LVIS_THRESHOLD = 0.001
 
 
 def class_image_frequency(image_classes: Iterable[Iterable[int]], num_classes: int) -> np.ndarray:
@@ -59,8 +65,11 @@ def _check_class_id(class_id: int, num_classes: int) -> None:
         raise ValueError(f"class id {class_id} is outside 1..{num_classes} (0 is background)")
 
 
-def repeat_factors(image_frequency: np.ndarray, threshold: float) -> np.ndarray:
-    """Per-class repeat factors r(c) = max(1, sqrt(threshold / f(c))).
+def repeat_factors(
+    image_frequency: np.ndarray, threshold: float, sqrt: bool = True, max_repeat: Optional[float] = None
+) -> np.ndarray:
+    """Per-class repeat factors r(c) = max(1, sqrt(threshold / f(c))), or max(1, threshold / f(c))
+    with `sqrt` False (detectron2's REPEAT_SQRT=False), at most `max_repeat` when given.
 
     A class with f(c) = 0 is in no image, so its factor never applies; it is 1.
     """
@@ -69,9 +78,14 @@ def repeat_factors(image_frequency: np.ndarray, threshold: float) -> np.ndarray:
         raise ValueError(f"image frequencies must be in [0, 1], got {frequency.tolist()}")
     if not threshold > 0:
         raise ValueError(f"repeat-factor threshold must be > 0, got {threshold}")
+    if max_repeat is not None and not max_repeat >= 1:
+        raise ValueError(f"the largest repeat factor must be >= 1, got {max_repeat}")
     factors = np.ones_like(frequency)
     present = frequency > 0
-    factors[present] = np.maximum(1.0, np.sqrt(threshold / frequency[present]))
+    ratio = threshold / frequency[present]
+    factors[present] = np.maximum(1.0, np.sqrt(ratio) if sqrt else ratio)
+    if max_repeat is not None:
+        factors = np.minimum(factors, float(max_repeat))
     return factors
 
 
@@ -84,16 +98,24 @@ def image_repeat_factor(classes_in_image: Iterable[int], class_repeat: np.ndarra
     return factor
 
 
-def choose_threshold(image_frequency: np.ndarray, tolerance: float = DEFAULT_TOLERANCE) -> float:
-    """A threshold for datasets where LVIS's t = 0.001 boosts nothing.
+def choose_threshold(
+    image_frequency: np.ndarray,
+    tolerance: float = DEFAULT_TOLERANCE,
+    sqrt: bool = True,
+    max_repeat: Optional[float] = DEFAULT_MAX_REPEAT,
+) -> float:
+    """A threshold for datasets where LVIS's t = 0.001 boosts nothing, LVIS's own on LVIS-like ones.
 
-    Rule: t = max_c f(c) / tolerance (tolerance 2 by default). Classes found in at
-    least half as many images as the most common class are left alone (r = 1); a
-    rarer class gets r(c) = sqrt(f_max / (2 f(c))), so its sampled frequency
-    f(c) r(c) = sqrt(f(c) f_max / 2) halves its gap to the common class in log space.
-    The rule depends only on ratios, so it behaves the same on 400 images as on
-    400k, where LVIS's absolute 0.001 means "fewer than 1 image in 1000" and on a
-    thousand-image dataset boosts nothing.
+    Rule: t = max_c f(c) / tolerance (tolerance 2 by default), lowered to the t at which the
+    rarest class present repeats exactly `max_repeat` times when f_max / 2 would repeat it more
+    (`choose_threshold_rule` says which applied). Classes found in at least half as many images
+    as the most common class are left alone (r = 1); a rarer class gets r(c) = sqrt(f_max /
+    (2 f(c))), so its sampled frequency f(c) r(c) = sqrt(f(c) f_max / 2) halves its gap to the
+    common class in log space. The rule depends only on ratios, so it behaves the same on 400
+    images as on 400k, where LVIS's absolute 0.001 means "fewer than 1 image in 1000" and on a
+    thousand-image dataset boosts nothing. On a long tail it would not be sane: with f_max = 0.5
+    a class with f = 1e-5 would repeat 158x; the limit (10 by default) gives t = 100 f_min, which
+    is LVIS's 0.001 for LVIS's rarest classes (1 image in 100k).
 
     Numbers (simulated, 400 images, 1-4 objects each, seed 0):
     * instances split 0.9/0.07/0.03: f = 0.975/0.145/0.073, t = 0.488,
@@ -103,12 +125,38 @@ def choose_threshold(image_frequency: np.ndarray, tolerance: float = DEFAULT_TOL
     * balanced split: f = 0.575/0.62/0.63, t = 0.315, r = 1/1/1 (t = max f would
       still give a 1.05x jitter from sampling noise alone).
     """
+    return _choose(image_frequency, tolerance, sqrt, max_repeat)[0]
+
+
+def choose_threshold_rule(
+    image_frequency: np.ndarray,
+    tolerance: float = DEFAULT_TOLERANCE,
+    sqrt: bool = True,
+    max_repeat: Optional[float] = DEFAULT_MAX_REPEAT,
+) -> str:
+    """Which rule `choose_threshold` applied, in words with its numbers (for params.yaml and class_balance.md)."""
+    return _choose(image_frequency, tolerance, sqrt, max_repeat)[1]
+
+
+def _choose(image_frequency, tolerance, sqrt, max_repeat):
     frequency = np.asarray(image_frequency, dtype=np.float64)
     if frequency.size == 0 or not np.max(frequency) > 0:
         raise ValueError("cannot choose a repeat-factor threshold: no class appears in any image")
     if not tolerance >= 1.0:
         raise ValueError(f"tolerance must be >= 1, got {tolerance}")
-    return float(np.max(frequency) / tolerance)
+    f_max, f_min = float(np.max(frequency)), float(np.min(frequency[frequency > 0]))
+    threshold = f_max / tolerance
+    rule = f"f_max / {tolerance:g} = {f_max:.4g} / {tolerance:g}"
+    if max_repeat is not None:
+        capped = f_min * (max_repeat**2 if sqrt else max_repeat)  # the rarest class at exactly max_repeat
+        if capped < threshold:
+            would = (threshold / f_min) ** (0.5 if sqrt else 1.0)
+            rule = (
+                f"lowered from f_max / {tolerance:g} = {threshold:.4g} (which repeats the rarest class, "
+                f"f = {f_min:.3g}, {would:.0f}x) to {capped:.4g}, where it repeats {max_repeat:g}x"
+            )
+            threshold = capped
+    return float(threshold), rule
 
 
 def expected_image_frequency_after(image_classes: Sequence[Iterable[int]], class_repeat: np.ndarray) -> np.ndarray:

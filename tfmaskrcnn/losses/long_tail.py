@@ -25,7 +25,9 @@ RoIs and divided by the RoI count B * R, as mmdetection and detectron2 do.
 - Federated loss (Zhou et al. 2021; detectron2's `USE_FED_LOSS`): sigmoid BCE over the K
   class columns (no background column) restricted to the classes among this batch's
   targets plus negative classes sampled without replacement ∝ frequency^0.5 (the Gumbel
-  top-k trick, stateless, so it compiles under XLA) up to `num_sampled` classes.
+  top-k trick, stateless, so it compiles under XLA) up to `num_sampled` classes |S|
+  (detectron2's FED_LOSS_NUM_CLASSES, 50 of LVIS's 1203; `federated_num_sampled` also takes
+  it as a fraction of K). With |S| >= K every class is in every step: plain sigmoid BCE.
 
 The pure functions (`seesaw_per_roi`, `eqlv2_per_roi`, `federated_per_roi`) take tensors and
 return per-RoI losses; the callables keep the running statistics in non-trainable variables
@@ -257,6 +259,18 @@ class EQLv2Loss(_StatefulLoss):
             updates = [self.pos_grad.assign(pos + batch_pos), self.neg_grad.assign(neg + batch_neg)]
             with tf.control_dependencies(updates):
                 return tf.reduce_sum(per_roi) / tf.cast(tf.shape(per_roi)[0], tf.float32)
+
+
+def federated_num_sampled(num_foreground: int, num_sampled: int = 50, fraction: Optional[float] = None) -> int:
+    """|S|, the classes in each step's federated loss, for K = `num_foreground` classes: `num_sampled`
+    (the paper's 50), or ceil(fraction * K) when `fraction` is given; at least 1, at most K."""
+    if fraction is not None:
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"the federated loss's class fraction must be in (0, 1], got {fraction}")
+        num_sampled = int(np.ceil(fraction * num_foreground - 1e-9))
+    if num_sampled < 1:
+        raise ValueError(f"the federated loss needs at least one class per step, got {num_sampled}")
+    return int(min(num_sampled, num_foreground))
 
 
 def federated_class_weight(class_counts: Sequence[float], power: float = 0.5) -> np.ndarray:

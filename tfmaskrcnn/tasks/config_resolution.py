@@ -144,7 +144,9 @@ def _resolve_sampling(task_config, label_map: LabelMap) -> None:
     if spec.type != "repeat_factor" or spec.threshold is not None:
         return
     stats = load_training_stats(task_config.train_data.input_path)
-    spec.threshold = float(sampling.choose_threshold(stats.image_frequency()))
+    choice = dict(sqrt=spec.repeat_sqrt, max_repeat=spec.max_repeat_factor)
+    spec.threshold = float(sampling.choose_threshold(stats.image_frequency(), **choice))
+    spec.threshold_rule = sampling.choose_threshold_rule(stats.image_frequency(), **choice)
 
 
 def _check_static(task_config) -> None:
@@ -173,6 +175,12 @@ def _check_static(task_config) -> None:
         raise ConfigError(
             f"task.train_data.sampling.type is {task_config.train_data.sampling.type!r}: "
             "use none, repeat_factor or class_aware"
+        )
+    cap = task_config.train_data.sampling.max_repeat_factor
+    if cap is not None and not cap >= 1:
+        raise ConfigError(
+            f"task.train_data.sampling.max_repeat_factor is {cap}: give the largest repeat factor (>= 1; "
+            "LVIS's largest is 10), or null for no cap"
         )
 
 
@@ -220,6 +228,76 @@ def scoring_note(task_config) -> str:
     )
 
 
+def start_notes(task_config) -> list:
+    """The lines printed when training starts and kept in params.yaml and class_balance.md: how
+    detections are scored, and what the long-tail settings resolved to (federated |S|, the
+    repeat-factor rule, the cRT stage's classifier)."""
+    notes = [scoring_note(task_config)]
+    balance = task_config.class_balance
+    num_foreground = (task_config.model.num_classes or 0) - 1
+    if balance.loss_type == "federated" and num_foreground > 0:
+        size = min(balance.fed_loss_num_classes, num_foreground)
+        how = (
+            f"ceil({balance.fed_loss_fraction:g} x K)"
+            if balance.fed_loss_fraction is not None
+            else f"task.class_balance.fed_loss_num_classes {balance.fed_loss_num_classes}"
+        )
+        notes.append(
+            f"federated loss: |S| = {size} of K = {num_foreground} classes per step ({how})"
+            + (
+                "; every class in every step, i.e. plain sigmoid BCE: set task.class_balance.fed_loss_fraction to sample"
+                if size >= num_foreground
+                else f", the present classes plus negatives drawn by image count^{balance.fed_loss_freq_weight_power:g}"
+            )
+        )
+    spec = task_config.train_data.sampling
+    if spec.type == "repeat_factor" and spec.threshold is not None:
+        formula = "sqrt(t / f)" if spec.repeat_sqrt else "t / f"
+        cap = f", at most {spec.max_repeat_factor:g}" if spec.max_repeat_factor is not None else ", no cap"
+        notes.append(
+            f"repeat-factor sampling: r = max(1, {formula}){cap}, t = {spec.threshold:.4g} "
+            f"({spec.threshold_rule or 'given in task.train_data.sampling.threshold'})"
+        )
+    retraining = task_config.classifier_retraining
+    if retraining is not None and retraining.init_checkpoint:
+        notes.append(
+            f"classifier re-training from {retraining.init_checkpoint}: "
+            + (
+                "class-logit layer re-initialized (cRT, task.classifier_retraining.reinitialize_classifier=true)"
+                if retraining.reinitialize_classifier
+                else "class-logit layer fine-tuned from the first stage (reinitialize_classifier=false, not the "
+                "paper's cRT)"
+            )
+        )
+    return notes
+
+
+def _resolve_federated_size(balance, num_foreground: int, read_data: bool) -> None:
+    """`fed_loss_fraction` set: |S| = ceil(fraction * K) goes into `fed_loss_num_classes` (the field the
+    loss reads); a resolved config must hold exactly that."""
+    from tfmaskrcnn.losses import long_tail  # pylint: disable=g-import-not-at-top
+
+    if balance.fed_loss_fraction is None:
+        if balance.fed_loss_num_classes < 1:
+            raise ConfigError(
+                f"task.class_balance.fed_loss_num_classes is {balance.fed_loss_num_classes}: give |S| >= 1 "
+                "(the paper's 50), or task.class_balance.fed_loss_fraction"
+            )
+        return
+    try:
+        size = long_tail.federated_num_sampled(num_foreground, fraction=balance.fed_loss_fraction)
+    except ValueError as error:
+        raise ConfigError(f"task.class_balance.fed_loss_fraction: {error}") from None
+    if balance.fed_loss_num_classes == size:
+        return
+    if not read_data:
+        raise UnresolvedConfigError(
+            f"task.class_balance.fed_loss_fraction is {balance.fed_loss_fraction} (|S| = {size} of {num_foreground} "
+            f"classes) but fed_loss_num_classes is {balance.fed_loss_num_classes}: {_RESOLVE_FIX}"
+        )
+    balance.fed_loss_num_classes = size
+
+
 def check_long_tail_loss(task_config, read_data: bool = False) -> None:
     """Checks `class_balance.loss_type` and the settings the long-tail losses need; with
     `read_data` fills `fed_loss_class_counts` (image count per class, background first) from
@@ -254,6 +332,7 @@ def check_long_tail_loss(task_config, read_data: bool = False) -> None:
             f"task.class_balance.fed_loss_class_counts has {len(balance.fed_loss_class_counts)} entries, "
             f"num_classes is {expected}: give the background first (0), then one image count per class"
         )
+    _resolve_federated_size(balance, expected - 1, read_data)
 
 
 class LabelMapMismatchError(ConfigError):
@@ -404,7 +483,7 @@ def write_resolution_report(task_config, label_map: LabelMap, model_dir: str) ->
         f"- weighting scheme: {task_config.class_balance.weighting.scheme}, "
         f"normalization: {task_config.class_balance.normalization}, "
         f"loss: {task_config.class_balance.loss_type}",
-        f"- {scoring_note(task_config)}",
+        *[f"- {note}" for note in start_notes(task_config)],
         f"- sampling: {task_config.train_data.sampling.type}"
         + (
             f", threshold {task_config.train_data.sampling.threshold:.4g}"

@@ -225,7 +225,9 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
                 return sampling.make_class_aware_sample_fn(num_classes, seed=seed, class_ids=class_ids, on=on)
 
             return class_aware, None
-        class_repeat = sampling.repeat_factors(stats.image_frequency(), spec.threshold)
+        class_repeat = sampling.repeat_factors(
+            stats.image_frequency(), spec.threshold, sqrt=spec.repeat_sqrt, max_repeat=spec.max_repeat_factor
+        )
         repeat_fn = sampling.make_repeat_factor_sample_fn(
             class_repeat, seed=seed, shuffle_buffer=spec.shuffle_buffer_size, on=on
         )
