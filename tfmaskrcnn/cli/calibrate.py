@@ -17,6 +17,18 @@ the share of confident detections (score >= --score_threshold) against the groun
 the largest ratio, and the collapse alarm's verdict. The table is printed and kept in
 calibration.json; `tfmaskrcnn eval --model_dir`, the checkpoint detector and `tfmaskrcnn export`
 (hence `predict`) apply the chosen γ from then on. γ = 0 is exactly the uncalibrated model.
+
+Per-class operating points (`--thresholds f1 | precision:P | recall:R`, after NorCal, or alone with
+`--gammas 0`): with the chosen γ, each class gets its own score threshold from its precision / recall
+curve on --data (COCO's matching per class at IoU 0.5 on masks, or boxes with `--match bbox`; crowd
+regions ignored; see `tfmaskrcnn.evaluation.operating_points`). A class with fewer than
+--min-objects objects there, or whose target is not reached, keeps --score_threshold and says why.
+calibration.json gets `score_thresholds` (class order) and, per class, the held-out precision,
+recall, F1 and number of objects; eval measures at them, export bakes them into the SavedModel.
+
+Fit on a held-out split (`tfmaskrcnn split`), not on the records you report: numbers measured on
+the data the thresholds were chosen on are optimistic. calibrate warns when --data shares records
+with the run's validation split, and eval warns when it evaluates the records calibrate was fitted on.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from tfmaskrcnn.evaluation import operating_points
 from tfmaskrcnn.serving import calibration as norcal
 
 
@@ -49,12 +62,23 @@ def calibrate(
     output: Optional[str] = None,
     progress: bool = True,
     select: str = "ap",
+    thresholds: Optional[str] = None,
+    min_objects: int = operating_points.DEFAULT_MIN_OBJECTS,
+    match: Optional[str] = None,
 ) -> norcal.Calibration:
-    """Fits γ on `data` (validation TFRecords) and writes the calibration (default: MODEL_DIR/calibration.json).
+    """Fits γ on `data` (held-out TFRecords) and writes the calibration (default: MODEL_DIR/calibration.json).
 
-    select: "ap" (best mean per-class AP) or "balance" (the operating point first; see norcal.choose_gamma)."""
+    select: "ap" (best mean per-class AP) or "balance" (the operating point first; see norcal.choose_gamma).
+    thresholds: a rule ("f1", "precision:P", "recall:R") for per-class score thresholds fitted at the
+    chosen γ; min_objects: fewer objects of a class in `data` keep score_threshold; match: "segm"
+    (mask IoU, the default when the model has masks) or "bbox"."""
     if select not in norcal.SELECT_CRITERIA:
         raise ValueError(f"select={select!r}: expected one of {sorted(norcal.SELECT_CRITERIA)}")
+    rule = operating_points.parse_rule(thresholds) if thresholds else None
+    if min_objects < 1:
+        raise ValueError(f"--min-objects {min_objects}: give at least 1")
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"--score_threshold {score_threshold}: a score in [0, 1]")
     from tqdm import tqdm
 
     from tfmaskrcnn.data.label_map import LabelMap, find_label_map
@@ -85,6 +109,18 @@ def calibrate(
     counts = [int(c) for c in stats.instance_counts]
     variant = norcal.variant_of(params)
     include_mask = bool(params.task.model.include_mask)
+    match = match or ("segm" if include_mask else "bbox")
+    if match == "segm" and not include_mask:
+        raise ValueError("--match segm needs a model with masks (task.model.include_mask); use --match bbox")
+    data_files = [os.path.abspath(f) if "://" not in f else f for f in tfrecord_files(data)]
+    overlap = shared_files(data_files, params.task.validation_data.input_path)
+    if overlap:
+        print(
+            f"tfmaskrcnn calibrate: warning: --data shares {len(overlap)} file(s) with the run's validation split "
+            f"({params.task.validation_data.input_path}); what `tfmaskrcnn eval` reports there will be optimistic. "
+            "Fit on a held-out split: tfmaskrcnn split --data VAL_RECORDS --output records/val_parts",
+            file=sys.stderr,
+        )
     coco_gt = coco_from_tfrecords(data, label_map, include_mask=include_mask, progress=progress)
     images = []
     for path, n, example in decoded_examples(data, include_mask=False, include_image=True):
@@ -95,7 +131,7 @@ def calibrate(
         images.append((int(source_id), example["image"]))
     contiguous = list(range(1, label_map.num_classes + 1))
 
-    table = []
+    table, detections_by_gamma = [], {}
     for gamma in gammas:
         candidate = norcal.Calibration(
             gamma=float(gamma), class_names=list(label_map.names), class_counts=counts, variant=variant
@@ -107,6 +143,8 @@ def calibrate(
             detections.extend(to_coco_results(out, image_id, image.shape[0], image.shape[1], contiguous, 0.0))
         metrics = evaluate(coco_gt, detections, label_map, score_threshold=score_threshold, progress=False)
         table.append(norcal.table_row(gamma, metrics))
+        if rule is not None:
+            detections_by_gamma[float(gamma)] = detections
     detector.calibrate(None)
 
     chosen = norcal.choose_gamma(table, select)
@@ -117,10 +155,99 @@ def calibrate(
         variant=variant,
         criterion=f"select={select}: {norcal.SELECT_CRITERIA[select]} ({table[0]['metric']})",
         table=table,
-        source={"model_dir": model_dir, "checkpoint": detector.checkpoint_path, "data": data, "images": len(images)},
+        source={
+            "model_dir": model_dir,
+            "checkpoint": detector.checkpoint_path,
+            "data": data,
+            "data_files": data_files,
+            "images": len(images),
+        },
     )
+    if rule is not None:
+        fit_thresholds(
+            result, coco_gt, detections_by_gamma[float(chosen)], label_map, rule, score_threshold, min_objects, match
+        )
     norcal.save(result, output or os.path.join(model_dir, norcal.CALIBRATION_FILENAME))
     return result
+
+
+def fit_thresholds(calibration, coco_gt, detections, label_map, rule, global_threshold, min_objects, match) -> None:
+    """Per-class thresholds by `rule` on the held-out detections of the chosen γ, into `calibration`."""
+    from tfmaskrcnn.evaluation import per_class
+    from tfmaskrcnn.evaluation.evaluate import evaluate
+    from tfmaskrcnn.evaluation.evaluator import results_coco
+
+    # pycocotools (not faster-coco-eval): its evalImgs hold the per-detection matches.
+    coco_eval, _ = per_class.run_coco_eval(coco_gt, results_coco(coco_gt, detections), match)
+    matches = operating_points.matches_from_coco_eval(coco_eval)
+    details = []
+    for class_id in range(1, label_map.num_classes + 1):
+        found = matches.get(class_id, {"scores": [], "matched": [], "num_objects": 0})
+        detail = operating_points.choose_threshold(
+            found["scores"], found["matched"], found["num_objects"], rule, global_threshold, min_objects
+        )
+        details.append({"class": label_map.name(class_id), **detail})
+    calibration.score_thresholds = [d["threshold"] for d in details]
+    calibration.threshold_details = details
+    at_thresholds = evaluate(
+        coco_gt,
+        detections,
+        label_map,
+        score_threshold=global_threshold,
+        class_thresholds={c: t for c, t in enumerate(calibration.score_thresholds, start=1)},
+        progress=False,
+    )
+    at_global = next(row for row in calibration.table if row["gamma"] == calibration.gamma)
+    calibration.threshold_fit = {
+        "rule": str(rule),
+        "match": f"per class, COCO greedy by score, {match} IoU >= {operating_points.MATCH_IOU}, crowd ignored",
+        "min_objects": min_objects,
+        "global_threshold": global_threshold,
+        "fallbacks": [d["class"] for d in details if d["fallback"]],
+        "alarm_at_global_threshold": at_global["operating_point"]["alarm"],
+        "alarm_at_thresholds": at_thresholds["alarm"]["verdict"],
+        "alarm_reasons_at_thresholds": at_thresholds["alarm"]["reasons"],
+    }
+
+
+def shared_files(files: Sequence[str], pattern: Optional[str]) -> list:
+    """The files of `files` that the glob(s) `pattern` also names (none when it names nothing)."""
+    if not pattern:
+        return []
+    try:
+        others = {os.path.abspath(f) if "://" not in f else f for f in tfrecord_files(pattern)}
+    except FileNotFoundError:
+        return []
+    return sorted(set(files) & others)
+
+
+def tfrecord_files(pattern: str) -> list:
+    from tfmaskrcnn.data.records import tfrecord_files as files
+
+    return files(pattern)
+
+
+def format_thresholds(calibration: norcal.Calibration) -> str:
+    """The per-class thresholds and their held-out evidence beside the global threshold's."""
+    fit = calibration.threshold_fit
+    lines = [
+        f"per-class score thresholds ({fit.get('rule')}; {fit.get('match')}), "
+        f"global threshold {fit.get('global_threshold'):g}:",
+        f"{'class':>14}  threshold  precision  recall     F1  objects  | at global: precision  recall     F1",
+    ]
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for d in calibration.threshold_details:
+        g = d["global"]
+        lines.append(
+            f"{d['class'][:14]:>14}  {d['threshold']:9.4f}  {fmt(d['precision']):>9}  {fmt(d['recall']):>6}  "
+            f"{fmt(d['f1']):>5}  {d['num_objects']:7d}  |            {fmt(g['precision']):>9}  {fmt(g['recall']):>6}  "
+            f"{fmt(g['f1']):>5}" + ("  (global: " + d["reason"] + ")" if d["fallback"] else "")
+        )
+    lines.append(
+        f"collapse alarm on --data: {str(fit.get('alarm_at_global_threshold')).upper()} at the global threshold, "
+        f"{str(fit.get('alarm_at_thresholds')).upper()} at the per-class thresholds"
+    )
+    return "\n".join(lines)
 
 
 def format_table(calibration: norcal.Calibration) -> str:
@@ -173,6 +300,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how γ is chosen: ap (best mean per-class AP, the default) or balance (the smallest over-prediction "
         "of any class at the operating point, then AP)",
     )
+    parser.add_argument(
+        "--thresholds",
+        metavar="RULE",
+        help="also fit one score threshold per class at the chosen gamma: f1 (best F1), precision:P (lowest "
+        "score reaching precision P) or recall:R (highest score still reaching recall R); alone with --gammas 0",
+    )
+    parser.add_argument(
+        "--min_objects",
+        "--min-objects",
+        type=int,
+        default=operating_points.DEFAULT_MIN_OBJECTS,
+        help="classes with fewer objects in --data keep --score_threshold "
+        f"(default {operating_points.DEFAULT_MIN_OBJECTS})",
+    )
+    parser.add_argument(
+        "--match",
+        choices=("segm", "bbox"),
+        help="IoU that matches detections to objects for --thresholds: segm (masks, the default for mask models) or bbox",
+    )
     parser.add_argument("--output", help="where to write calibration.json (default: MODEL_DIR/calibration.json)")
 
 
@@ -187,11 +333,17 @@ def main(args: argparse.Namespace) -> int:
             score_threshold=args.score_threshold,
             output=args.output,
             select=args.select,
+            thresholds=args.thresholds,
+            min_objects=args.min_objects,
+            match=args.match,
         )
     except (FileNotFoundError, ValueError) as error:
         print(f"tfmaskrcnn calibrate: error: {error}", file=sys.stderr)
         return 2
     print(format_table(result))
+    if result.score_thresholds is not None:
+        print(format_thresholds(result))
     where = args.output or os.path.join(args.model_dir, norcal.CALIBRATION_FILENAME)
-    print(f"gamma {result.gamma:g} written to {where}; eval, export and predict apply it from now on")
+    what = f"gamma {result.gamma:g}" + (" and per-class score thresholds" if result.score_thresholds else "")
+    print(f"{what} written to {where}; eval, export and predict apply them from now on")
     return 0

@@ -7,6 +7,14 @@
 Category ids of the detections must be those of the ground truth: the COCO JSON's
 own ids with `--data *.json`, or the contiguous ids 1..K of the `label_map.json`
 beside the shards with `--data 'shards/val-*.tfrecord'` (the ids the model predicts).
+
+The operating point: precision / recall / F1, the confusion matrix and the collapse alarm count
+the detections a user of the model acts on. With per-class score thresholds (`tfmaskrcnn
+calibrate --thresholds`: the model dir's calibration.json, or those an export applies) each
+class is measured at its own threshold, else every class at --score-threshold; the report names
+which. `--no-class-thresholds` measures at --score-threshold instead, so that two runs of eval,
+the second with `--compare` pointing at the first, put the two operating points side by side.
+AP always ranks every score of a model dir (an export with thresholds returns only decisions).
 """
 
 from __future__ import annotations
@@ -58,6 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.5,
         help="confidence for the confusion matrix, precision/recall and the alarm (default 0.5)",
+    )
+    parser.add_argument(
+        "--no-class-thresholds",
+        action="store_true",
+        help="ignore the per-class score thresholds of calibration.json: every class at --score-threshold",
     )
     parser.add_argument(
         "--iou-threshold",
@@ -184,16 +197,70 @@ def _check_model_label_map(args, label_map) -> None:
     )
 
 
+def operating_point(args, model, label_map) -> dict:
+    """evaluate()'s class_thresholds, operating_point and warnings for a model dir or an export."""
+    calibration = model.calibration
+    if args.model_dir:
+        thresholds = calibration.score_thresholds if calibration is not None else None
+        where = "calibration.json of the model dir"
+    else:
+        thresholds = getattr(model, "score_thresholds", None)  # what the export's graph applies
+        where = "applied by the export"
+    warnings = []
+    fitted_on = shared_data(calibration, args.data)
+    if fitted_on:
+        warnings.append(
+            f"the model's calibration (gamma {calibration.gamma:g}"
+            + (", per-class score thresholds" if calibration.score_thresholds else "")
+            + f") was fitted on {len(fitted_on)} of the records evaluated here ({args.data}): the numbers are "
+            "optimistic. Fit on a held-out split (`tfmaskrcnn split`) and evaluate on the other part"
+        )
+    if not thresholds or args.no_class_thresholds:
+        name = f"global score threshold {args.score_threshold:g}"
+        if thresholds:
+            name += " (--no-class-thresholds: the model's per-class thresholds ignored)"
+        return {"operating_point": name, "warnings": warnings}
+    if label_map is None:
+        raise ValueError("per-class thresholds need TFRecords with a label_map.json as --data")
+    rule = (calibration.threshold_fit or {}).get("rule") if calibration is not None else None
+    return {
+        "class_thresholds": dict(enumerate(thresholds, start=1)),
+        "operating_point": f"per-class score thresholds ({where}{', ' + rule if rule else ''})",
+        "warnings": warnings,
+    }
+
+
+def shared_data(calibration, data: str) -> list:
+    """The records of `data` that the calibration was fitted on (calibration.json's source.data_files)."""
+    fitted = (calibration.source or {}).get("data_files") if calibration is not None else None
+    if not fitted:
+        return []
+    from tfmaskrcnn.data.records import tfrecord_files
+
+    try:
+        files = {os.path.abspath(f) if "://" not in f else f for f in tfrecord_files(data)}
+    except FileNotFoundError:
+        return []
+    return sorted(files & set(fitted))
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         _check_data_for_model(args)
         coco_gt, label_map, image_loader = _ground_truth(args)
         _check_model_label_map(args, label_map)
+        point = {}
         if args.detections:
             detections, source = _load_detections(args.detections), args.detections
         else:
             from tfmaskrcnn.serving import detector as inference
 
+            # A model dir's detector returns every score (AP needs them); the thresholds go to the evaluator.
+            model = (
+                inference.CheckpointDetector.from_model_dir(args.model_dir)
+                if args.model_dir
+                else inference.SavedModelDetector(args.saved_model)
+            )
             detections = inference.detections_from_model(
                 model_dir=args.model_dir,
                 saved_model=args.saved_model,
@@ -201,8 +268,10 @@ def main(args: argparse.Namespace) -> int:
                 coco_gt=coco_gt,
                 label_map=label_map,
                 progress=not args.quiet,
+                detector=model,
             )
             source = args.model_dir or args.saved_model
+            point = operating_point(args, model, label_map)
         metrics = evaluate(
             coco_gt,
             detections,
@@ -217,10 +286,14 @@ def main(args: argparse.Namespace) -> int:
             source=source,
             progress=not args.quiet,
             engine=args.engine,
+            **point,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"tfmaskrcnn eval: error: {e}", file=sys.stderr)
         return 2
+    for warning in metrics["operating_point"].get("warnings", []):
+        print(f"tfmaskrcnn eval: warning: {warning}", file=sys.stderr)
+    print(f"operating point: {metrics['operating_point']['name']}")
     print(Alarm(metrics["alarm"]["verdict"], tuple(metrics["alarm"]["reasons"])))
     print(f"report written to {os.path.join(args.output, 'report.html')}")
     return 0

@@ -73,6 +73,9 @@ class Calibration:
     # One dict per class, in class order: the rule, and the held-out precision / recall / F1 and
     # object count behind each threshold (and whether it fell back to the global threshold).
     threshold_details: list = dataclasses.field(default_factory=list)
+    # How the thresholds were fitted: rule, matching (IoU type and value), --min-objects, the global
+    # threshold of the fallbacks, and the collapse alarm on the held-out split at both operating points.
+    threshold_fit: dict = dataclasses.field(default_factory=dict)
 
     def shift(self) -> np.ndarray:
         return logit_shift(self.class_counts, self.gamma)
