@@ -1,7 +1,7 @@
 """The `tfmaskrcnn` command: one sub-command per tool.
 
     tfmaskrcnn train --experiment tfmaskrcnn_shapes_cpu --mode train_and_eval --model_dir runs/x ...
-    tfmaskrcnn convert | stats | shapes | audit | show-augment | eval | calibrate | export | predict
+    tfmaskrcnn convert | split | stats | shapes | audit | show-augment | eval | calibrate | export | predict
     tfmaskrcnn doctor | demo ... --help
     tfmaskrcnn --version
 
@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "train": ("tfmaskrcnn.cli.train", "train and evaluate an experiment (Model Garden's flags)"),
     "shapes": ("tfmaskrcnn.data.shapes.generator", "write the synthetic shapes dataset in COCO format"),
     "convert": ("tfmaskrcnn.data.convert", "convert a COCO dataset to TFRecord shards with a label map"),
+    "split": ("tfmaskrcnn.data.split", "split converted records by image, stratified by class (e.g. a held-out part)"),
     "audit": ("tfmaskrcnn.cli.audit", "check a COCO dataset or converted records for label, mask and file mistakes"),
     "stats": ("tfmaskrcnn.cli.stats", "class statistics, class weights and repeat factors of a dataset"),
     "show-augment": ("tfmaskrcnn.cli.show_augment", "draw augmented samples with masks, boxes and names"),
