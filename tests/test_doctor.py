@@ -108,6 +108,41 @@ def test_collapse_verdict_is_an_error_and_the_report_round_trips():
     assert finding.evidence["predicted_per_class"] == {"a": 90, "b": 2}
 
 
+def _row(ap, recall, objects=20, threshold=0.5):
+    return {"mask_AP": ap, "bbox_AP": ap, "recall": recall, "gt_instances": objects, "score_threshold": threshold}
+
+
+def test_a_class_found_by_ap_but_lost_at_the_operating_point():
+    metrics = {
+        "num_images": 40,
+        "score_threshold": 0.5,
+        "operating_point": {"name": "global score threshold 0.5", "per_class_thresholds": False},
+        "per_class": {
+            "lost": _row(0.42, 0.0),  # found at low scores, never reported: the finding
+            "weak": _row(0.03, 0.0),  # not found at any score: a training problem, not this one
+            "fine": _row(0.6, 0.7),
+            "rare": _row(0.5, 0.0, objects=3),  # too few objects to call its recall
+            "absent": {"mask_AP": None, "bbox_AP": None, "recall": None, "gt_instances": 0},
+        },
+    }
+    finding = _only(doctor.check_operating_point(metrics, "val/*"), "operating_point", WARNING)
+    assert list(finding.evidence["classes"]) == ["lost"]
+    assert finding.evidence["classes"]["lost"] == {"AP": 0.42, "recall": 0.0, "objects": 20, "score_threshold": 0.5}
+    assert "'lost' (AP 0.42, recall 0.00)" in finding.what and "global score threshold 0.5" in finding.what
+    assert (
+        "tfmaskrcnn calibrate" in finding.fix and "--thresholds f1" in finding.fix and "tfmaskrcnn split" in finding.fix
+    )
+    # Box AP stands in when the evaluation had no masks; recall just above the limit is not lost.
+    metrics["per_class"]["lost"] = dict(_row(0.42, 0.0), mask_AP=None)
+    assert doctor.check_operating_point(metrics, "val/*")
+    metrics["per_class"]["lost"] = _row(0.42, 0.06)
+    assert doctor.check_operating_point(metrics, "val/*") == []
+    # Already at per-class thresholds: the fix says to fit them again.
+    metrics["per_class"]["lost"] = _row(0.42, 0.0, threshold=0.9)
+    metrics["operating_point"] = {"name": "per-class score thresholds", "per_class_thresholds": True}
+    assert "again" in _only(doctor.check_operating_point(metrics, "val/*"), "operating_point", WARNING).fix
+
+
 # ------------------------------------------------------------------ real tiny models
 def _train(params, model_dir: pathlib.Path) -> str:
     from tfmaskrcnn.cli import train

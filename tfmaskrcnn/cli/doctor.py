@@ -276,9 +276,19 @@ def _prediction_check(report, detector, model_dir, pattern, data_map, max_images
         report.add([skipped("predicted_classes", f"{pattern} cannot be run ({e})")])
         return
     image_ids = list(coco_gt.imgs)[:max_images]  # the records run, in the same order
-    evaluator = DetectionEvaluator(coco_gt, label_map=data_map, images="seen", source=model_dir)
+    # At the operating point the model is used at: its per-class thresholds where calibrate fitted them.
+    thresholds = calibration.score_thresholds if calibration is not None else None
+    evaluator = DetectionEvaluator(
+        coco_gt,
+        label_map=data_map,
+        images="seen",
+        source=model_dir,
+        class_thresholds=dict(enumerate(thresholds, start=1)) if thresholds else None,
+    )
     evaluator.update(detections, image_ids=image_ids)
-    report.add(doctor.check_predictions(evaluator.result(), pattern))
+    metrics = evaluator.result()
+    report.add(doctor.check_predictions(metrics, pattern))
+    report.add(doctor.check_operating_point(metrics, pattern))
 
 
 if __name__ == "__main__":

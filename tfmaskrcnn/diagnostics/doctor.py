@@ -20,6 +20,9 @@ Rules, and why:
 - batch norm (not frozen): statistics from fewer than 4 images per step are noise, and moving
   averages that still hold more than 5% of their initialization at the end of training
   (norm_momentum ** train_steps > 0.05) give evaluation other features than training.
+- operating point: a class with AP >= 0.1 whose recall at the operating point (the threshold the
+  application uses) is <= 0.05, over >= 5 objects, is a warning: AP ranks every score, so the
+  model finds it, but its scores run below the threshold; per-class thresholds are the fix.
 """
 
 from __future__ import annotations
@@ -472,5 +475,52 @@ def check_predictions(metrics: dict, data: str) -> list:
             "repeat_factor, then fit NorCal on a held-out split with `tfmaskrcnn calibrate --model_dir ... --data ...` "
             "(the recipe measured in docs/class_balance.md), and `tfmaskrcnn eval --model_dir ... --data ...` for the "
             "confusion matrix",
+        )
+    ]
+
+
+# A class found at some score (AP) but never reported at the operating point (recall) is a decision
+# problem, not a learning one: its scores run below the threshold the application uses.
+OPERATING_POINT_MIN_AP = 0.1
+OPERATING_POINT_MAX_RECALL = 0.05
+OPERATING_POINT_MIN_OBJECTS = 5
+
+
+def check_operating_point(metrics: dict, data: str) -> list:
+    """Classes whose AP is not near 0 while their recall at the operating point is (the evaluator's result)."""
+    point = metrics.get("operating_point") or {}
+    name = point.get("name") or f"global score threshold {metrics.get('score_threshold')}"
+    lost = {}
+    for cls, row in metrics.get("per_class", {}).items():
+        ap = row.get("mask_AP") if row.get("mask_AP") is not None else row.get("bbox_AP")
+        recall = row.get("recall")
+        if (
+            ap is not None
+            and recall is not None
+            and row.get("gt_instances", 0) >= OPERATING_POINT_MIN_OBJECTS
+            and ap >= OPERATING_POINT_MIN_AP
+            and recall <= OPERATING_POINT_MAX_RECALL
+        ):
+            lost[cls] = {
+                "AP": round(float(ap), 4),
+                "recall": round(float(recall), 4),
+                "objects": int(row["gt_instances"]),
+                "score_threshold": row.get("score_threshold", metrics.get("score_threshold")),
+            }
+    if not lost:
+        return []
+    listed = ", ".join(f"'{c}' (AP {v['AP']:.2f}, recall {v['recall']:.2f})" for c, v in lost.items())
+    refit = " again, on more held-out images or with a lower target," if point.get("per_class_thresholds") else ""
+    return [
+        Finding(
+            WARNING,
+            "operating_point",
+            f"found at some score but not at the operating point ({name}) on {data}: {listed}; their detections "
+            "score below the threshold, so an application never reports them although AP looks fine",
+            {"data": data, "operating_point": name, "classes": lost},
+            f"fit per-class score thresholds{refit} on a held-out split: `tfmaskrcnn split --data VAL_RECORDS "
+            "--output records/val_parts`, then `tfmaskrcnn calibrate --model_dir MODEL_DIR --data "
+            "'records/val_parts/calib/*.tfrecord' --thresholds f1` (eval, export and predict apply them), and "
+            "`tfmaskrcnn eval` on records/val_parts/test to see per-class precision and recall at them",
         )
     ]
