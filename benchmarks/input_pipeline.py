@@ -8,7 +8,11 @@ Runs the same TFRecords through decode -> Mask R-CNN train parsing -> batch, for
               faster horizontal flip in front (the same flip, drawn the same way);
 * `standard`: `AugmentingParser` with the in-graph `standard` preset in front of it;
 * `imgaug`:   the same parser with `ImgaugAugmenter(standard_pipeline())`, an imgaug
-              pipeline close to `standard` (only if imgaug imports; it needs numpy<2).
+              pipeline close to `standard` (only if imgaug imports; it needs numpy<2);
+* `albumentations`: the same parser with `AlbumentationsAugmenter(standard_pipeline())`,
+              the same pipeline in Albumentations (only if albumentations imports);
+* `albumentations_typical`: the same parser with the pipeline most often pasted
+              (`albumentations_adapter.typical_pipeline()`: flips, rot90, shift-scale-rotate, colour, blur).
 The variants are timed in turns for `--rounds` rounds, so load from other processes
 falls on all of them alike; in each round a variant's pipeline is built, warmed up
 (`--warmup` batches: tracing, buffers) and timed alone. Reported: the median images/s
@@ -88,13 +92,13 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", type=int, default=15, help="timed batches per variant and round")
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds, variants interleaved")
     parser.add_argument("--threads", type=int, default=None, help="map parallelism (default: AUTOTUNE)")
-    parser.add_argument("--variants", default="stock,none,standard,imgaug")
+    parser.add_argument("--variants", default="stock,none,standard,imgaug,albumentations,albumentations_typical")
     parser.add_argument("--json-output", default=None, help="write the results here as JSON")
     args = parser.parse_args(argv)
 
     import tensorflow as tf
 
-    from tfmaskrcnn.augment import imgaug_adapter
+    from tfmaskrcnn.augment import albumentations_adapter, imgaug_adapter
     from tfmaskrcnn.augment import presets as augment_presets
 
     files = sorted(tf.io.gfile.glob(args.data))
@@ -108,6 +112,12 @@ def main(argv=None) -> int:
             augment_presets.AugmentationConfig(preset="standard"), unit_float_image=True
         ),  # as the task builds it
         "imgaug": lambda: imgaug_adapter.ImgaugAugmenter(imgaug_adapter.standard_pipeline()),
+        "albumentations": lambda: albumentations_adapter.AlbumentationsAugmenter(
+            albumentations_adapter.standard_pipeline()
+        ),
+        "albumentations_typical": lambda: albumentations_adapter.AlbumentationsAugmenter(
+            albumentations_adapter.typical_pipeline()
+        ),
     }
     parsers = {}
     for name in args.variants.split(","):
@@ -126,7 +136,7 @@ def main(argv=None) -> int:
                 next(iterator)
             rounds[name].append(time_batches(iterator, args.batches, args.batch_size))
             del iterator
-            print(f"round {r + 1} {name:>9}: {rounds[name][-1]:7.2f} images/s", flush=True)
+            print(f"round {r + 1} {name:>22}: {rounds[name][-1]:7.2f} images/s", flush=True)
     load = (load_before, os.getloadavg()[0])
     print(f"1-minute load average: {load[0]:.1f} before, {load[1]:.1f} after ({os.cpu_count()} CPUs)")
     results = {name: statistics.median(rates) for name, rates in rounds.items()}

@@ -10,6 +10,14 @@ preset's value, any other value overrides it:
       rotate_max_degrees: 5.0
       seed: 42
 
+`albumentations: aug.yaml` runs a saved Albumentations pipeline (`A.save(pipeline,
+"aug.yaml", data_format="yaml")`) in place of the in-graph ops, through
+`albumentations_adapter.AlbumentationsAugmenter`; it takes `seed`, `min_instance_pixels`
+and `min_box_side` from here and refuses a preset or op overrides beside it:
+
+    augmentation:
+      albumentations: configs/aug.yaml
+
 Seeding inside tf.data: the ops are stateless (see `augment.py`), so the only question
 is where the per-element seed [2] comes from. The augmenter draws it from a stateful
 `tf.random.uniform` op created when the input function is traced:
@@ -116,6 +124,8 @@ class AugmentationConfig(hyperparams.Config):
 
     preset: str = "none"
     seed: Optional[int] = None
+    # A pipeline saved with A.save / A.to_dict (YAML or JSON), run instead of the preset's ops.
+    albumentations: Optional[str] = None
     hflip_prob: Optional[float] = None
     vflip_prob: Optional[float] = None
     rot90_prob: Optional[float] = None
@@ -177,10 +187,36 @@ def build_augmenter(config: Optional[AugmentationConfig], unit_float_image: bool
         return None
     if isinstance(config, dict):
         config = AugmentationConfig(config)
+    if config.albumentations:
+        return build_albumentations_augmenter(config)
     params = resolve_params(config)
     if params.is_identity:
         return None
     return make_augmenter(params, config.seed, unit_float_image)
+
+
+def build_albumentations_augmenter(config: AugmentationConfig) -> Augmenter:
+    """`augmentation.albumentations`: the saved pipeline, checked; refused beside a preset or op overrides."""
+    from tfmaskrcnn.augment.albumentations_adapter import AlbumentationsAugmenter
+
+    kept = {"preset", "seed", "albumentations", "min_instance_pixels", "min_box_side"}
+    clashing = [name for name in _PARAM_NAMES if name not in kept and getattr(config, name, None) is not None]
+    if config.preset != "none" or clashing:
+        raise ValueError(
+            f"augmentation.albumentations={config.albumentations!r} runs instead of the in-graph ops, but "
+            f"augmentation also sets preset={config.preset!r}"
+            + (f" and {', '.join(clashing)}" if clashing else "")
+            + "; set preset: none and remove the op fields, or remove albumentations"
+        )
+    defaults = augment.AugmentationParams()
+    return AlbumentationsAugmenter(
+        config.albumentations,
+        min_instance_pixels=defaults.min_instance_pixels
+        if config.min_instance_pixels is None
+        else config.min_instance_pixels,
+        min_box_side=defaults.min_box_side if config.min_box_side is None else config.min_box_side,
+        seed_base=config.seed,
+    )
 
 
 def make_augmenter(

@@ -1,6 +1,7 @@
 """`tfmaskrcnn show-augment`: draw augmented samples so a person can check they line up.
 
     tfmaskrcnn show-augment data/train --preset standard --output grid.png
+    tfmaskrcnn show-augment data/train --albumentations aug.yaml --output grid.png
 
 Reads the first `--num-images` examples of a TFRecord dataset (the converter's output
 directory or a glob; Model Garden TfExample layout, decoded with `TfExampleDecoder`),
@@ -54,9 +55,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="converter output directory, or a TFRecord glob such as out/*.tfrecord")
     parser.add_argument(
         "--preset",
-        default="standard",
+        default=None,
         choices=sorted(augment_presets.PRESETS),
         help="augmentation preset (default: standard)",
+    )
+    parser.add_argument(
+        "--albumentations",
+        default=None,
+        metavar="FILE",
+        help="draw a saved Albumentations pipeline (A.save YAML/JSON; task.train_data.parser.augmentation."
+        "albumentations) instead of a preset",
     )
     parser.add_argument(
         "--set",
@@ -220,6 +228,19 @@ def render_grid(records, augmenter, names, samples: int, seed: int, output: str,
     return counts
 
 
+def _build_augmenter(args: argparse.Namespace):
+    """(augmenter, what it is in words) from --preset/--set or --albumentations."""
+    if getattr(args, "albumentations", None):
+        if args.preset or args.overrides:
+            raise ValueError("--albumentations runs instead of a preset: drop --preset and --set")
+        from tfmaskrcnn.augment.albumentations_adapter import AlbumentationsAugmenter
+
+        return AlbumentationsAugmenter(args.albumentations), f"Albumentations pipeline {args.albumentations}"
+    preset = args.preset or "standard"
+    config = augment_presets.AugmentationConfig(preset=preset, **parse_overrides(args.overrides))
+    return augment_presets.make_augmenter(augment_presets.resolve_params(config)), f"preset {preset}"
+
+
 def main(args: argparse.Namespace, make_paster=None) -> int:
     """`make_paster(files) -> paster` adds copy-paste (see `tfmaskrcnn.cli.show_augment`)."""
     import tensorflow as tf
@@ -230,13 +251,11 @@ def main(args: argparse.Namespace, make_paster=None) -> int:
         return 2
     try:
         files = find_tfrecords(args.data)
-        config = augment_presets.AugmentationConfig(preset=args.preset, **parse_overrides(args.overrides))
-        params = augment_presets.resolve_params(config)
-    except (FileNotFoundError, ValueError) as err:
+        augmenter, drawn = _build_augmenter(args)
+    except (FileNotFoundError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     names = class_names(args.data)
-    augmenter = augment_presets.make_augmenter(params)
     decoder = tf_example_decoder.TfExampleDecoder(include_mask=True, regenerate_source_id=False)
     records = []
     for index, serialized in enumerate(tf.data.TFRecordDataset(files).take(args.num_images)):
@@ -260,7 +279,7 @@ def main(args: argparse.Namespace, make_paster=None) -> int:
     counts = render_grid(records, augmenter, names, args.samples, args.seed, args.output, paster=paster)
     pasted = f", {counts['pasted_instances']} pasted (white dotted boxes)" if paster is not None else ""
     print(
-        f"wrote {args.output}: {len(records)} images x {args.samples} samples, preset {args.preset}; "
+        f"wrote {args.output}: {len(records)} images x {args.samples} samples, {drawn}; "
         f"instances kept {counts['augmented_instances']}/{counts['original_instances']}{pasted}"
     )
     return 0

@@ -1,6 +1,11 @@
 """`tfmaskrcnn show-augment`: the augmentation preview, plus class-balanced copy-paste with `--copy-paste`.
 
     tfmaskrcnn show-augment data/train --preset standard --copy-paste --class-sampling inverse
+    tfmaskrcnn show-augment data/train --albumentations aug.yaml
+
+`--albumentations FILE` draws a saved Albumentations pipeline (the file that
+`task.train_data.parser.augmentation.albumentations` names) through the same adapter
+training uses, so a pipeline is seen on real photos before it is trained with.
 
 The drawing is `tfmaskrcnn.augment.preview` (layer 2); copy-paste needs the instance bank,
 which reads the records and their class statistics in `tfmaskrcnn.dataloaders` (layer 3),

@@ -25,9 +25,10 @@ _EXTRA_KEYS = {"groundtruth_is_crowd": "is_crowd", "groundtruth_area": "area"}
 class AugmentingParser(maskrcnn_input.Parser):
     """`maskrcnn_input.Parser` plus `augmenter(image, boxes, masks, classes, extras)`.
 
-    `augmenter` is a callable such as `augment_presets.build_augmenter(config)` or an
-    `ImgaugAugmenter`, or None. It may return the image as uint8 or as float32 in
-    [0, 1]: Model Garden's `normalize_image` takes both.
+    `augmenter` is a callable such as `augment_presets.build_augmenter(config)` (the
+    in-graph ops, or an `AlbumentationsAugmenter` when `augmentation.albumentations` names
+    a pipeline) or an `ImgaugAugmenter`, or None. It may return the image as uint8 or as
+    float32 in [0, 1]: Model Garden's `normalize_image` takes both.
 
     `aug_rand_hflip` is done here, before the augmenter, instead of in the stock parser:
     the same flip with the same probability, but Model Garden flips the masks with a
