@@ -132,6 +132,8 @@ def _training_label_checks(report, task, label_map) -> int:
         return 0
     names = list(label_map.names) if label_map is not None else list(stats.names)
     report.add(doctor.check_training_labels(names, stats.instance_counts, source))
+    cures = doctor.imbalance_cures({"task": task.as_dict()})
+    report.add(doctor.check_imbalance(names, stats.instance_counts, source, cures))
     return int(stats.num_images)
 
 

@@ -8,6 +8,10 @@ loads the model dir, the checkpoint and the data and calls them. Each check retu
 Rules, and why:
 - training labels: one class with >= 95% of the training instances while several are declared
   is an error, >= 80% a warning (the dataset audit's thresholds): the model learns one class.
+- imbalance: most / least frequent training class over 10 (the audit's threshold), or one class
+  with >= 80% of the instances, is a warning when the run used none of the cures in params.yaml
+  (class weights, repeat-factor or class-aware sampling, a long-tail loss, copy-paste), info when
+  it used some: the shares, the ratio and the cures not used are in the finding.
 - class head: the class-logit bias still equal to its initializer's value (zeros) with a kernel
   spread within 20% of the initializer's is a head that never trained or was never restored.
   Any one optimizer step moves the bias (its gradient is the mean of softmax minus one-hot), so
@@ -33,7 +37,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tfmaskrcnn.data.audit import DOMINANT_ERROR, DOMINANT_WARNING
+from tfmaskrcnn.data.audit import DOMINANT_ERROR, DOMINANT_WARNING, IMBALANCE_INFO
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 _RANK = {ERROR: 0, WARNING: 1, INFO: 2}
@@ -206,6 +210,69 @@ def check_training_labels(names: Sequence[str], instance_counts: Sequence[int], 
             )
         )
     return findings
+
+
+# params.yaml setting -> (the value that means "not used", what the cure is).
+IMBALANCE_CURES = {
+    "task.class_balance.weighting.scheme": ("none", "class weights: sqrt_inverse (or inverse)"),
+    "task.train_data.sampling.type": ("none", "image sampling: repeat_factor (LVIS) or class_aware"),
+    "task.class_balance.loss_type": ("softmax", "a long-tail loss: seesaw, eqlv2 or federated"),
+    "task.train_data.parser.copy_paste.enabled": (False, "class-balanced copy-paste: true"),
+}
+
+
+def imbalance_cures(params: dict) -> dict:
+    """The imbalance cures' settings of a run (`params.as_dict()`): {setting: value}, None where absent."""
+    values = {}
+    for setting in IMBALANCE_CURES:
+        node = params
+        for key in setting.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        values[setting] = node
+    return values
+
+
+def check_imbalance(names: Sequence[str], instance_counts: Sequence[int], source: str, cures: dict) -> list:
+    """The training set's class shares and imbalance ratio against the cures the run used (`imbalance_cures`)."""
+    counts = np.asarray(instance_counts, dtype=np.int64)
+    present = counts[counts > 0]
+    if len(names) < 2 or present.size < 2:
+        return []  # one class with every instance: `check_training_labels` says so, and no cure helps
+    total = int(counts.sum())
+    ratio = float(present.max() / present.min())
+    top = int(np.argmax(counts))
+    share = float(counts[top] / total)
+    if ratio <= IMBALANCE_INFO and share < DOMINANT_WARNING:
+        return []
+    least = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
+    used = {k: v for k, v in cures.items() if v is not None and v != IMBALANCE_CURES[k][0]}
+    unused = [k for k in IMBALANCE_CURES if k not in used]
+    order = np.argsort(-counts, kind="stable")
+    shares = ", ".join(f"{names[i]} {counts[i] / total:.0%}" for i in order[:8])
+    what = (
+        f"the training set is imbalanced: {names[top]!r} {int(counts[top])} instances, {names[least]!r} "
+        f"{int(counts[least])} (ratio {ratio:.1f}); shares: {shares}{', ...' if len(names) > 8 else ''}. "
+        + (
+            f"The run used {', '.join(f'{k}={v}' for k, v in used.items())}"
+            if used
+            else "The run used no imbalance cure: the loss sees mostly the frequent classes and their scores win"
+        )
+    )
+    fix = (
+        "not used: "
+        + "; ".join(f"{IMBALANCE_CURES[k][1]} ({k})" for k in unused)
+        + ". The recipe measured in docs/class_balance.md: task.class_balance.weighting.scheme sqrt_inverse with "
+        "task.train_data.sampling.type repeat_factor, then `tfmaskrcnn calibrate` (NorCal) on a held-out split; "
+        "a class too rare to learn can be merged with --class-map at conversion"
+    )
+    evidence = {
+        "data": source,
+        "instances_per_class": {n: int(c) for n, c in zip(names, counts)},
+        "shares": {n: round(float(c / total), 4) for n, c in zip(names, counts)},
+        "imbalance_ratio": round(ratio, 2),
+        "cures": dict(cures),
+    }
+    return [Finding(INFO if used else WARNING, "class_imbalance", what, evidence, fix)]
 
 
 _AUDIT_FIX = "run `tfmaskrcnn audit <records dir>` and convert the data again with `tfmaskrcnn convert`"
