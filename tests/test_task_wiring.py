@@ -160,6 +160,88 @@ def test_the_augmentation_preset_is_in_the_parser_of_the_training_stream(shapes_
     assert task._build_parser(params.task.train_data)._example_augmenter is None  # pylint: disable=protected-access
 
 
+def _stream_counts(task, data_config, num_batches: int = 48) -> dict:
+    """Counted on the batches `build_inputs` produces: ground-truth instances per image, the class
+    shares among them, and the share of images that are gray (R = G = B inside the image, after
+    undoing Model Garden's normalization)."""
+    from official.vision.ops import preprocess_ops
+
+    mean, std = np.array(preprocess_ops.MEAN_NORM), np.array(preprocess_ops.STDDEV_NORM)
+    counts, images, gray = np.zeros(4), 0, 0
+    for features, labels in task.build_inputs(data_config).take(num_batches):
+        classes = labels["gt_classes"].numpy().ravel()
+        counts += np.bincount(classes[classes > 0], minlength=4)[:4]
+        sizes = labels["image_info"].numpy()[:, 1].astype(int)  # the image inside the padded input
+        for image, (height, width) in zip(features.numpy(), sizes):
+            rgb = image[:height, :width] * std + mean
+            gray += int(np.ptp(rgb, axis=-1).max() < 1e-3)
+            images += 1
+    return {"per_image": counts[1:].sum() / images, "shares": counts[1:] / counts[1:].sum(), "gray": gray / images}
+
+
+def _levers(params, copy_paste: bool = True, sampling: bool = False):
+    """Augmentation (every image to gray: countable), copy-paste (up to 1 pasted instance per image,
+    classes drawn uniformly; more would fill the images to max_num_instances) and/or sampling."""
+    data = params.task.train_data
+    data.parser.augmentation.grayscale_prob = 1.0
+    data.parser.augmentation.seed = 3
+    data.parser.copy_paste.enabled = copy_paste
+    data.parser.copy_paste.class_sampling = "uniform"
+    data.parser.copy_paste.max_instances = 1
+    data.parser.copy_paste.seed = 3
+    if sampling:
+        data.sampling.type = "repeat_factor"
+        data.sampling.threshold = 0.9  # strong: the rare class's images come ~2.5 times
+    return params
+
+
+def test_build_inputs_applies_augmentation_copy_paste_and_sampling_counted_on_the_batches(
+    imbalanced_records, tiny_experiment, monkeypatch
+):
+    """Through the task's public `build_inputs`, counted on the batches it produces: augmentation turns
+    every image gray; copy-paste adds instances (of every class alike, so the rarer classes' share
+    grows); sampling draws the rarer classes' images more often. Then a Model Garden whose parser no
+    longer calls `_parse_train_data` (the override that runs augmentation and copy-paste) is refused
+    when the task is built, and a task built before that "upgrade" produces stock batches, which
+    these counts tell apart. (Copy-paste and sampling are measured apart: pasting dilutes the
+    sampler's share change below what two passes over 48 images resolve.)"""
+    from official.vision.dataloaders import maskrcnn_input
+    from official.vision.dataloaders import parser as mg_parser
+
+    from tfmaskrcnn.tasks import model_garden_hooks
+
+    def params(**levers):
+        made = _stream_params(tiny_experiment, imbalanced_records, "none")
+        return _levers(made, **levers) if levers else made
+
+    stock_params = params()
+    stock = _stream_counts(_task(stock_params), stock_params.task.train_data)
+    pasted_params = params(copy_paste=True)
+    pasted_task = _task(pasted_params)
+    pasted = _stream_counts(pasted_task, pasted_params.task.train_data)
+    sampled_params = params(copy_paste=False, sampling=True)
+    sampled = _stream_counts(_task(sampled_params), sampled_params.task.train_data)
+
+    assert stock["gray"] == 0.0 and pasted["gray"] == 1.0 and sampled["gray"] == 1.0, (stock, pasted, sampled)
+    assert pasted["per_image"] > stock["per_image"] + 0.3, (stock, pasted)  # pasted instances
+    assert pasted["shares"][1:].sum() > stock["shares"][1:].sum() + 0.05, (stock, pasted)  # uniform pastes
+    assert sampled["shares"][1:].sum() > stock["shares"][1:].sum() + 0.05, (stock, sampled)  # images drawn
+
+    def parse_fn_of_an_upgrade(self, is_training):  # the train parse inlined: the override is bypassed
+        def parse(decoded):
+            if is_training:
+                return maskrcnn_input.Parser._parse_train_data(self, decoded)  # noqa: SLF001
+            return self._parse_eval_data(decoded)  # pylint: disable=protected-access
+
+        return parse
+
+    monkeypatch.setattr(mg_parser.Parser, "parse_fn", parse_fn_of_an_upgrade)
+    with pytest.raises(model_garden_hooks.ModelGardenHookError, match=r"no longer calls self._parse_train_data\(\)"):
+        _task(params(copy_paste=True))
+    bypassed = _stream_counts(pasted_task, pasted_params.task.train_data)
+    assert bypassed["gray"] == 0.0 and bypassed["per_image"] == pytest.approx(stock["per_image"]), bypassed
+
+
 # ------------------------------------------------- Model Garden upgrade guards
 
 
