@@ -106,3 +106,22 @@ def test_crowd_as_instances_trains_brush_class(tmp_path):
 def test_default_prefix_of_roboflow_file():
     assert default_prefix("/x/train/_annotations.coco.json") == "train"
     assert default_prefix("/x/instances_val2017.json") == "instances_val2017"
+
+
+def test_class_map_and_crowd_through_the_command(tmp_path, capsys):
+    """README: `tfmaskrcnn convert ... --class-map classes.yaml --crowd as-instances` on a CVAT-like export."""
+    from tfmaskrcnn import cli
+
+    images = _tiny_images(tmp_path / "images", 3)
+    categories = [{"id": 1, "name": "car"}, {"id": 2, "name": "auto"}, {"id": 3, "name": "blob"}]
+    annotations = [_square(1, 1, 1), _square(2, 2, 2), _square(3, 3, 3, iscrowd=1)]  # 'blob': brush, crowd
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    (tmp_path / "classes.yaml").write_text("auto: car\n")
+    argv = ["convert", "--annotations", str(path), "--images", str(tmp_path / "images")]
+    argv += ["--output", str(tmp_path / "out"), "--class-map", str(tmp_path / "classes.yaml")]
+    assert cli.main(argv + ["--crowd", "as-instances", "--no-progress"]) == 0
+    stats = json.loads((tmp_path / "out" / "dataset_stats.json").read_text())
+    assert [(c["name"], c["instances"]) for c in stats["classes"]] == [("car", 2), ("blob", 1)]
+    assert stats["num_crowd"] == 0
+    assert "class map 'auto' -> 'car': 1 annotation(s)" in capsys.readouterr().out

@@ -16,6 +16,15 @@ every record. Decisions a user may want to know about:
 * The area written is the COCO `area` when it is positive, otherwise the mask's pixel
   count; COCO evaluation uses it for its small/medium/large ranges.
 * An image whose annotations were all skipped is still written, as a negative example.
+* Category ids may be any integers; which categories become classes 1..K (empty parent and
+  background categories left out, `--class-map`, `--drop-categories`) is decided by
+  `categories.plan_categories`, shared with the audit. An annotation of an undeclared category
+  is skipped (`category_id_zero` when it is 0: ids shifted by one, the usual cause).
+* Crowd regions (iscrowd=1) are kept as crowd, skipped, or written as ordinary instances
+  (`--crowd keep|skip|as-instances`; CVAT writes brush masks as crowd RLE).
+* Two images with one id stop the conversion (`check_unique_image_ids`): annotations name
+  their image by id only, so which one they belong to cannot be known. The audit, which
+  reports instead of stopping, lists every repeated id (`duplicate_image_id`).
 
 `load_coco` checks the JSON (ids, categories, file names) without touching the
 images; `load_image_record` reads and checks one image and its annotations and is
