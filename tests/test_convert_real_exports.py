@@ -95,10 +95,15 @@ def test_crowd_as_instances_trains_brush_class(tmp_path):
     data = {"images": images, "annotations": annotations, "categories": categories}
     kept = convert_coco_dict(data, str(tmp_path / "img"), str(tmp_path / "keep"), progress=False)
     assert kept.stats["num_crowd"] == 1
+    blob = kept.stats["classes"][1]
+    assert (blob["name"], blob["instances"], blob["crowd"]) == ("blob", 0, 1)
+    assert "class 'blob': all 1 of its annotations are crowd" in kept.format_table()
+    assert "--crowd as-instances" in kept.format_table()
     as_instances = convert_coco_dict(
         data, str(tmp_path / "img"), str(tmp_path / "inst"), progress=False, crowd="as-instances"
     )
     assert as_instances.stats["num_crowd"] == 0 and as_instances.counts["crowd_as_instance"] == 1
+    assert "are crowd" not in as_instances.format_table()
     skipped = convert_coco_dict(data, str(tmp_path / "img"), str(tmp_path / "skip"), progress=False, crowd="skip")
     assert skipped.num_annotations_out == 1 and skipped.counts["crowd_skipped"] == 1
 

@@ -123,6 +123,13 @@ class ConversionReport:
             )
         for rule in self.categories.get("class_map", []):
             lines.append(f"class map {rule['from']!r} -> {rule['to']!r}: {rule['annotations']} annotation(s)")
+        for c in self.stats.get("classes", []):
+            if c.get("crowd") and not c["instances"]:
+                lines.append(
+                    f"class {c['name']!r}: all {c['crowd']} of its annotations are crowd (iscrowd=1), which Model "
+                    "Garden does not train on, so the model cannot learn it (CVAT writes brush masks as crowd RLE); "
+                    "convert with --crowd as-instances"
+                )
         lines.append(
             f"images: {self.num_images_in} in, {self.num_images_out} written; annotations: "
             f"{self.num_annotations_in} in, {self.num_annotations_out} written "
@@ -359,6 +366,7 @@ class _StatsCounter:
         self.num_crowd = 0
         self.images_without_instances = 0
         self.instances: collections.Counter[int] = collections.Counter()
+        self.crowd: collections.Counter[int] = collections.Counter()
         self.images: collections.Counter[int] = collections.Counter()
 
     def add(self, image_id: int, objects: list[tuple[int, bool]]) -> None:
@@ -366,6 +374,7 @@ class _StatsCounter:
         self.num_annotations += len(objects)
         classes = [c for c, crowd in objects if not crowd]
         self.num_crowd += len(objects) - len(classes)
+        self.crowd.update(c for c, crowd in objects if crowd)
         self.instances.update(classes)
         self.images.update(set(classes))
         self.images_without_instances += not classes
@@ -382,6 +391,7 @@ class _StatsCounter:
                     "name": self.label_map.name(c),
                     "coco_id": self.label_map.to_coco_id(c),
                     "instances": self.instances[c],
+                    "crowd": self.crowd[c],  # written as crowd: not trained on
                     "images": self.images[c],
                 }
                 for c in range(1, self.label_map.num_classes + 1)
