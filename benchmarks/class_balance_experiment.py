@@ -80,7 +80,12 @@ STAGED = {
     "both_crt": ("both", "crt", None),
     "both_norcal": ("both", "norcal", "ap"),
     "both_norcal_balance": ("both", "norcal", "balance"),
+    "both_norcal_instance": ("both", "norcal", "ap"),
 }
+# What NorCal's N_c counts (`calibrate --counts`): images containing the class, the reference's and
+# calibrate's default, except where named here. The norcal rows measured before the default
+# became `image` counted instances, which `both_norcal_instance` measures now.
+NORCAL_COUNTS = {"both_norcal_instance": "instance"}
 # Training class shares; the first class is the majority. `five` resembles the mixes users
 # report: one dominant class and minorities with 3-5% of the instances.
 MIXES = {
@@ -208,8 +213,11 @@ def run_one(args) -> None:
         if not _has_checkpoint(model_dir):  # a copy, so the base run stays uncalibrated
             shutil.copytree(_model_dir(args, base), model_dir, dirs_exist_ok=True)
         calibration_split = make_data(args.output, (1.0,) * len(MIXES[args.mix]), seed=1)["val"]
-        fitted = calibrate(model_dir, calibration_split, score_threshold=CONFIDENT, progress=False, select=select)
-        result = {"gamma": fitted.gamma, "select": select}
+        counts = NORCAL_COUNTS.get(args.setting, "image")
+        fitted = calibrate(
+            model_dir, calibration_split, score_threshold=CONFIDENT, progress=False, select=select, counts=counts
+        )
+        result = {"gamma": fitted.gamma, "select": select, "counted_by": fitted.counted_by}
     else:
         result = _train(args, args.setting, records)
     point = operating_point(_model_dir(args, args.setting), records["val"])

@@ -3,8 +3,9 @@
     tfmaskrcnn calibrate --model_dir runs/x --data 'records/val/*.tfrecord' [--gammas 0,0.25,0.5,1]
 
 NorCal (post-hoc, no training): p_c ∝ exp(z_c) / N_c^γ for foreground classes, background
-untouched, renormalized; N_c the training set's instance counts (dataset_stats.json beside the
-training records). It is applied as a shift of the box head's class-logit bias (see
+untouched, renormalized; N_c the number of training images that contain class c, as the NorCal
+reference counts (`--counts instance`: its instances), from dataset_stats.json beside the
+training records. It is applied as a shift of the box head's class-logit bias (see
 `tfmaskrcnn.serving.calibration`; with sigmoid scores, the sigmoid variant).
 
 How γ is chosen: the checkpoint is loaded once and, for each γ of --gammas, the shifted bias is
@@ -65,13 +66,17 @@ def calibrate(
     thresholds: Optional[str] = None,
     min_objects: int = operating_points.DEFAULT_MIN_OBJECTS,
     match: Optional[str] = None,
+    counts: str = "image",
 ) -> norcal.Calibration:
     """Fits γ on `data` (held-out TFRecords) and writes the calibration (default: MODEL_DIR/calibration.json).
 
     select: "ap" (best mean per-class AP) or "balance" (the operating point first; see norcal.choose_gamma).
     thresholds: a rule ("f1", "precision:P", "recall:R") for per-class score thresholds fitted at the
     chosen γ; min_objects: fewer objects of a class in `data` keep score_threshold; match: "segm"
-    (mask IoU, the default when the model has masks) or "bbox"."""
+    (mask IoU, the default when the model has masks) or "bbox". counts: what N_c counts, "image" (the
+    NorCal reference's) or "instance"."""
+    if counts not in norcal.COUNTED_BY:
+        raise ValueError(f"--counts {counts!r}: use image (the NorCal reference's) or instance")
     if select not in norcal.SELECT_CRITERIA:
         raise ValueError(f"select={select!r}: expected one of {sorted(norcal.SELECT_CRITERIA)}")
     rule = operating_points.parse_rule(thresholds) if thresholds else None
@@ -106,7 +111,7 @@ def calibrate(
             f"the training statistics name classes {list(stats.names)}, the model {list(label_map.names)}: "
             "pass --train_data with the records the model was trained on"
         )
-    counts = [int(c) for c in stats.instance_counts]
+    counted_by, counts = counts, norcal.class_counts_of(stats, counts)
     variant = norcal.variant_of(params)
     include_mask = bool(params.task.model.include_mask)
     match = match or ("segm" if include_mask else "bbox")
@@ -134,7 +139,11 @@ def calibrate(
     table, detections_by_gamma = [], {}
     for gamma in gammas:
         candidate = norcal.Calibration(
-            gamma=float(gamma), class_names=list(label_map.names), class_counts=counts, variant=variant
+            gamma=float(gamma),
+            class_names=list(label_map.names),
+            class_counts=counts,
+            variant=variant,
+            counted_by=counted_by,
         )
         detector.calibrate(candidate)
         detections = []
@@ -153,6 +162,7 @@ def calibrate(
         class_names=list(label_map.names),
         class_counts=counts,
         variant=variant,
+        counted_by=counted_by,
         criterion=f"select={select}: {norcal.SELECT_CRITERIA[select]} ({table[0]['metric']})",
         table=table,
         source={
@@ -254,7 +264,7 @@ def format_table(calibration: norcal.Calibration) -> str:
     names = calibration.class_names
     lines = [
         f"NorCal ({calibration.variant}) on {calibration.source.get('images', '?')} validation images; "
-        f"class counts {dict(zip(names, calibration.class_counts))}",
+        f"class counts ({calibration.counted_by}s) {dict(zip(names, calibration.class_counts))}",
         "gamma  mean-AP  " + "  ".join(f"{n[:12]:>12}" for n in names) + "  max det/gt share  alarm",
     ]
     for row in calibration.table:
@@ -319,6 +329,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("segm", "bbox"),
         help="IoU that matches detections to objects for --thresholds: segm (masks, the default for mask models) or bbox",
     )
+    parser.add_argument(
+        "--counts",
+        choices=norcal.COUNTED_BY,
+        default="image",
+        help="what N_c counts: image (training images containing the class, the NorCal reference's; the "
+        "default) or instance",
+    )
     parser.add_argument("--output", help="where to write calibration.json (default: MODEL_DIR/calibration.json)")
 
 
@@ -336,6 +353,7 @@ def main(args: argparse.Namespace) -> int:
             thresholds=args.thresholds,
             min_objects=args.min_objects,
             match=args.match,
+            counts=args.counts,
         )
     except (FileNotFoundError, ValueError) as error:
         print(f"tfmaskrcnn calibrate: error: {error}", file=sys.stderr)

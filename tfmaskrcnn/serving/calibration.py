@@ -55,6 +55,17 @@ def norcal_probabilities(logits: np.ndarray, class_counts: Sequence[float], gamm
 
 # ---------------------------------------------------------------- the file
 
+COUNTED_BY = ("image", "instance")
+
+
+def class_counts_of(stats, counted_by: str = "image") -> list:
+    """N_c from the training statistics: images containing class c (the NorCal reference's default)
+    or its non-crowd instances; class id c at index c - 1."""
+    if counted_by not in COUNTED_BY:
+        raise ValueError(f"counts={counted_by!r}: use image (the NorCal reference's) or instance")
+    counts = stats.image_counts if counted_by == "image" else stats.instance_counts
+    return [int(c) for c in counts]
+
 
 @dataclasses.dataclass
 class Calibration:
@@ -62,8 +73,12 @@ class Calibration:
 
     gamma: float
     class_names: list
-    class_counts: list  # instances per class, class id c at index c - 1
+    class_counts: list  # per class, class id c at index c - 1: images or instances (counted_by)
     variant: str = "softmax"  # or "sigmoid"
+    # What N_c counts: "image" (training images containing the class, the NorCal reference's
+    # `_get_frequencies(by="image")`, calibrate's default) or "instance". Files written before this
+    # field existed counted instances.
+    counted_by: str = "instance"
     criterion: str = "mean per-class mask AP on the validation split"
     table: list = dataclasses.field(default_factory=list)  # one row per γ tried
     source: dict = dataclasses.field(default_factory=dict)  # checkpoint, data
@@ -91,6 +106,10 @@ class Calibration:
             raise ValueError(
                 f"calibration has {len(calibration.class_counts)} class counts for "
                 f"{len(calibration.class_names)} classes; re-run `tfmaskrcnn calibrate`"
+            )
+        if calibration.counted_by not in COUNTED_BY:
+            raise ValueError(
+                f"calibration counted_by {calibration.counted_by!r} must be one of {', '.join(COUNTED_BY)}"
             )
         if not math.isfinite(calibration.gamma) or calibration.gamma < 0:
             raise ValueError(f"calibration gamma {calibration.gamma} must be a finite number >= 0")
