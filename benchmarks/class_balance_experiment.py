@@ -188,7 +188,14 @@ def _train(args, setting: str, records: dict) -> dict:
             _merge(configs.shapes_budget_override(args.steps), SETTINGS[setting]),
         )
     params.override(_merge(data, extra), is_strict=True)
-    _, logs = train.run(params, _model_dir(args, setting), "train", post_eval=True)
+    model_dir = _model_dir(args, setting)
+    # A run whose training finished but whose measurement did not (killed, or a failure after
+    # training) is evaluated again instead of trained again.
+    latest = tf.train.latest_checkpoint(model_dir) if _has_checkpoint(model_dir) else None
+    finished = bool(latest) and latest.endswith(f"ckpt-{params.trainer.train_steps}")
+    if finished:
+        print(f"== {setting} seed {args.seed}: trained already ({latest}), evaluating it", flush=True)
+    _, logs = train.run(params, model_dir, "eval" if finished else "train", post_eval=True)
     result = {k: float(v) for k, v in logs.items() if np.ndim(v) == 0}
     result["class_weights"] = params.task.class_balance.weighting.weights
     result["sampling_threshold"] = params.task.train_data.sampling.threshold
