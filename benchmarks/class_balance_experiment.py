@@ -55,7 +55,9 @@ SETTINGS = {
     # The loss sets the scoring (config resolution): eqlv2 sigmoid(z_c)(1 - sigmoid(z_0)), federated
     # sigmoid, seesaw softmax over the classes times the objectness of column 0.
     "eqlv2": {"task": {"class_balance": {"loss_type": "eqlv2"}}},
-    "federated": {"task": {"class_balance": {"loss_type": "federated"}}},
+    "federated": {"task": {"class_balance": {"loss_type": "federated"}}},  # |S| = 50 >= K = 5: sigmoid BCE
+    # The federated loss drawing on 5 classes: |S| = ceil(0.4 K) = 2, the present classes first.
+    "federated_sampled": {"task": {"class_balance": {"loss_type": "federated", "fed_loss_fraction": 0.4}}},
     # eqlv2 (the long-tail loss that kept the majority at 800 steps) on the repeat-factor stream.
     "eqlv2_sampling": {
         "task": {
