@@ -277,3 +277,29 @@ def test_two_training_steps_with_the_pipeline_from_a_yaml_file(shapes_records, t
 
     recorded = yaml.safe_load(open(os.path.join(model_dir, "params.yaml")))["task"]["train_data"]["parser"]
     assert recorded["augmentation"]["albumentations"] == str(pipeline)
+
+
+def test_input_pipeline_benchmark_times_the_albumentations_rows(shapes_records, tmp_path):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "input_pipeline.py"
+    spec = importlib.util.spec_from_file_location("input_pipeline_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    report = tmp_path / "bench.json"
+    argv = [
+        "--data",
+        shapes_records["train"],
+        "--output-size",
+        "64",
+        "--warmup",
+        "1",
+        "--batches",
+        "2",
+        "--rounds",
+        "1",
+    ]
+    assert bench.main(argv + ["--variants", "none,albumentations", "--json-output", str(report)]) == 0
+    rates = json.loads(report.read_text())["images_per_second"]
+    assert set(rates) == {"none", "albumentations"} and all(r > 0 for r in rates.values())
