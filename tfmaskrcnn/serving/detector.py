@@ -6,6 +6,12 @@ the real detections: `boxes` [n, 4] (ymin, xmin, ymax, xmax, original-image pixe
 probabilities). `CheckpointDetector` preprocesses like Model Garden's evaluation parser and
 calls the Keras model in this process; `SavedModelDetector` calls an exported signature.
 Export verification compares the two; evaluation and prediction turn either into COCO results.
+
+Decisions: a SavedModel exported with per-class score thresholds (calibration.json's
+`score_thresholds`) returns only the detections at or above their class's threshold.
+`CheckpointDetector(..., thresholds=True)` does the same in numpy (`keep_decisions`), which is
+what the export verification compares the SavedModel with; by default it returns every
+detection (evaluation needs them all for AP).
 """
 
 from __future__ import annotations
@@ -25,14 +31,30 @@ from tfmaskrcnn.evaluation.masks import encode_rle, full_masks, to_coco_results 
 Detector = Callable[[np.ndarray], dict]
 
 
+def keep_decisions(detections: dict, score_thresholds) -> dict:
+    """The detections whose score >= their class's threshold (score_thresholds[c - 1] for class c),
+    in their order: the numpy twin of the export's in-graph `apply_score_thresholds`."""
+    thresholds = np.asarray(score_thresholds, np.float64)
+    classes = np.asarray(detections["classes"], np.int64)
+    keep = np.asarray(detections["scores"], np.float64) >= thresholds[np.clip(classes - 1, 0, len(thresholds) - 1)]
+    return {
+        key: value[keep] if isinstance(value, np.ndarray) else [x for x, kept in zip(value, keep) if kept]
+        for key, value in detections.items()
+    }
+
+
 class CheckpointDetector:
     """The model of an experiment config, in this process, with a checkpoint's weights.
 
     calibration: a NorCal `Calibration` (`tfmaskrcnn.serving.calibration`) applied to the class
     logits, or None for the scores as trained; `calibrate` changes it later.
+    thresholds: also apply the calibration's per-class score_thresholds (the decisions an export
+    returns); False (default) returns every detection above the model's min_score.
     """
 
-    def __init__(self, params, checkpoint_path: Optional[str] = None, model=None, calibration=None):
+    def __init__(
+        self, params, checkpoint_path: Optional[str] = None, model=None, calibration=None, thresholds: bool = False
+    ):
         import tensorflow as tf
         from official.core import task_factory
         from official.vision.ops import anchor, preprocess_ops
@@ -85,25 +107,27 @@ class CheckpointDetector:
             }
 
         self._run = run
+        self.thresholds = thresholds
         self.calibration = None
         if calibration is not None:
             self.calibrate(calibration)
 
     @classmethod
     def from_model_dir(
-        cls, model_dir: str, checkpoint_path: Optional[str] = None, calibration: Any = "auto"
+        cls, model_dir: str, checkpoint_path: Optional[str] = None, calibration: Any = "auto", thresholds: bool = False
     ) -> "CheckpointDetector":
         """params.yaml of a training run and its latest checkpoint (or `checkpoint_path`).
 
         calibration: "auto" applies the model dir's calibration.json when there is one (written by
-        `tfmaskrcnn calibrate`), None never; or a `Calibration`."""
+        `tfmaskrcnn calibrate`), None never; or a `Calibration`. thresholds: return decisions (its
+        per-class score_thresholds applied), as an export of this model dir does."""
         from tfmaskrcnn.serving import calibration as norcal
 
         params = load_params(os.path.join(model_dir, "params.yaml"))
         checkpoint_path = checkpoint_path or latest_checkpoint(model_dir)
         if isinstance(calibration, str) and calibration == "auto":
             calibration = norcal.find(model_dir)
-        return cls(params, checkpoint_path, calibration=calibration)
+        return cls(params, checkpoint_path, calibration=calibration, thresholds=thresholds)
 
     def calibrate(self, calibration) -> None:
         """Applies NorCal to the class-logit bias (`tfmaskrcnn.serving.calibration`): a `Calibration`,
@@ -118,10 +142,19 @@ class CheckpointDetector:
         norcal.apply_shift(self.model, shift)
         self.calibration = calibration
 
+    @property
+    def score_thresholds(self) -> Optional[list]:
+        """The per-class thresholds this detector applies, or None (every detection)."""
+        if not self.thresholds or self.calibration is None:
+            return None
+        return self.calibration.score_thresholds
+
     def __call__(self, image: np.ndarray) -> dict:
         outputs = {k: v.numpy() for k, v in self._run(np.asarray(image, np.uint8)).items()}
         if self._restore_status is not None:
             self._check_restored()
+        if self.score_thresholds is not None:
+            outputs = keep_decisions(outputs, self.score_thresholds)
         return outputs
 
     def _check_restored(self) -> None:
@@ -168,6 +201,9 @@ class SavedModelDetector:
         self._input_name = next(iter(self._function.structured_input_signature[1]))
         self.label_map = saved_model_label_map(self.loaded, saved_model_dir)
         self.calibration = saved_model_calibration(self.loaded)
+        # What the graph applies (absent: raw scores, even when calibration.json lists thresholds).
+        variable = getattr(self.loaded, "score_thresholds", None)
+        self.score_thresholds = None if variable is None else [float(t) for t in variable.numpy()]
 
     def raw(self, images: np.ndarray) -> dict:
         """All outputs of the signature for a uint8 batch [B, H, W, 3], as numpy."""
@@ -288,6 +324,12 @@ def detections_from_model(
         print(
             f"NorCal calibration applied: gamma {detector.calibration.gamma:g} ({detector.calibration.variant}; "
             f"{'calibration.json of the model dir' if model_dir else 'assets/calibration.json of the export'})",
+            file=sys.stderr,
+        )
+    if getattr(detector, "score_thresholds", None) is not None and progress:
+        print(
+            "per-class score thresholds applied: only the detections at or above their class's threshold "
+            "are scored (AP over decisions; export with --no_thresholds for AP over every score)",
             file=sys.stderr,
         )
     _check_same_classes(detector.label_map, label_map, source)

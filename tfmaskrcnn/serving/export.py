@@ -12,7 +12,11 @@ The label map is the asset `assets/label_map.json`; params.yaml and export_repor
 (the verification numbers) sit beside saved_model.pb.
 With --model_dir, a NorCal calibration.json there (`tfmaskrcnn calibrate`) is applied: its
 shift is in the exported class-logit bias and the file is the asset `assets/calibration.json`
-(`--no_calibration` exports the scores as trained).
+(`--no_calibration` exports the scores as trained). When that calibration.json holds per-class
+`score_thresholds` (`tfmaskrcnn calibrate --thresholds`), every signature returns decisions: only
+the detections whose score reaches their class's threshold, first, counted by num_detections,
+the other rows zero. `--no_thresholds` exports the raw scores instead (the thresholds stay in
+assets/calibration.json for teams that apply their own).
 
 `--best` takes the checkpoint Model Garden's best-checkpoint exporter kept in the model dir
 (`trainer.best_checkpoint_export_subdir`, by `best_checkpoint_eval_metric`: validation mask AP in
@@ -21,7 +25,10 @@ trained with) must equal the config's label map, or nothing is exported.
 
 The export is written to a temporary folder, loaded back and run on sample images next to
 the in-memory model restored from the same checkpoint; only when boxes, scores, classes,
-class names and masks agree is it renamed to --export_dir.
+class names and masks agree is it renamed to --export_dir. With thresholds, the decisions are
+compared (the checkpoint's detections with the same thresholds applied in numpy), then the
+SavedModel's thresholds are set to 0 in the loaded copy and every raw detection is compared too,
+so the check does not depend on the sample images reaching the thresholds.
 """
 
 from __future__ import annotations
@@ -56,10 +63,19 @@ class Verification:
     max_score_diff: float
     max_mask_diff: float
     signatures_checked: list
+    # With per-class thresholds in the graph: the decisions compared (detections at or above their
+    # class's threshold); detections_compared then counts the raw detections (thresholds at 0).
+    decisions_compared: Optional[int] = None
+    score_thresholds: Optional[list] = None
 
     def __str__(self) -> str:
+        decisions = (
+            ""
+            if self.score_thresholds is None
+            else f"{self.decisions_compared} decisions at the per-class thresholds and "
+        )
         return (
-            f"verified on {self.images} images, {self.detections_compared} detections "
+            f"verified on {self.images} images, {decisions}{self.detections_compared} detections "
             f"(signatures {', '.join(self.signatures_checked)}): max |diff| boxes "
             f"{self.max_box_diff_px:.2e} px, scores {self.max_score_diff:.2e}, "
             f"masks {self.max_mask_diff:.2e}"
@@ -76,13 +92,19 @@ def compare_detections(
     box_tol: float = BOX_TOLERANCE_PX,
     score_tol: float = SCORE_TOLERANCE,
     mask_tol: float = MASK_TOLERANCE,
+    score_thresholds: Optional[Sequence[float]] = None,
 ) -> dict:
     """Max abs differences between two detectors' outputs on one image; raises on a mismatch.
 
     Both dicts: boxes [n, 4], scores [n], classes [n], masks [n, m, m], in score order. Rows
     are compared in order; detections whose scores tie within `score_tol` may swap places,
     so each reference row is matched to the closest box of its class among those ties.
+    score_thresholds: the decisions' per-class thresholds (class c at c - 1). A detection within
+    `score_tol` of its class's threshold may fall on either side of it in the other detector,
+    so those are left out on both sides; every other decision must be the same.
     """
+    if score_thresholds is not None:
+        reference, exported = (_clear_of(d, score_thresholds, score_tol) for d in (reference, exported))
     n_ref, n_exp = len(reference["scores"]), len(exported["scores"])
     if n_ref != n_exp:
         raise ExportVerificationError(f"{where}: the checkpoint gives {n_ref} detections, the SavedModel {n_exp}")
@@ -111,6 +133,15 @@ def compare_detections(
         if diffs[key] > tol:
             raise ExportVerificationError(f"{where}: {key} values differ by up to {diffs[key]:.4g} (tolerance {tol})")
     return diffs
+
+
+def _clear_of(detections: dict, score_thresholds: Sequence[float], tolerance: float) -> dict:
+    """The detections whose score is more than `tolerance` away from their class's threshold."""
+    thresholds = np.asarray(score_thresholds, np.float64)
+    classes = np.asarray(detections["classes"], np.int64)
+    distance = np.abs(np.asarray(detections["scores"], np.float64) - thresholds[np.clip(classes - 1, 0, None)])
+    clear = distance > tolerance
+    return {k: v[clear] for k, v in detections.items() if isinstance(v, np.ndarray)}
 
 
 def sample_images(seed: int = 0) -> list:
@@ -160,7 +191,11 @@ def _trim(outputs: dict, row: int) -> dict:
 def verify_export(
     saved_model_dir: str, reference, images: Sequence[np.ndarray], batch_size: Optional[int]
 ) -> Verification:
-    """Runs every signature of the export on `images` and compares with `reference` (a detector)."""
+    """Runs every signature of the export on `images` and compares with `reference` (a detector).
+
+    An export with per-class thresholds (`loaded.score_thresholds`) is compared twice: its decisions
+    with the reference's at the same thresholds, then, with the loaded copy's thresholds set to 0,
+    every detection with the reference's raw detections."""
     import tensorflow as tf
 
     from tfmaskrcnn.serving.detector import saved_model_label_map
@@ -172,7 +207,55 @@ def verify_export(
             f"the exported label map has {list(label_map.names)}, the model "
             f"was trained with {list(reference.label_map.names)}"
         )
+    variable = getattr(loaded, "score_thresholds", None)
+    expected_thresholds = reference.score_thresholds
+    if (variable is None) != (expected_thresholds is None):
+        raise ExportVerificationError(
+            f"the SavedModel {'applies' if variable is not None else 'does not apply'} per-class score thresholds, "
+            f"the checkpoint's detector {'does' if expected_thresholds is not None else 'does not'}"
+        )
     total = {"box": 0.0, "score": 0.0, "mask": 0.0}
+    counts = {}
+    passes = [("raw", None)]
+    if variable is not None:
+        thresholds = [float(t) for t in variable.numpy()]
+        if not np.allclose(thresholds, expected_thresholds, atol=1e-6):
+            raise ExportVerificationError(
+                f"the SavedModel's score_thresholds {thresholds} are not the calibration's {list(expected_thresholds)}"
+            )
+        passes = [("decisions", thresholds), ("raw", None)]
+    for kind, thresholds in passes:
+        if kind == "raw" and variable is not None:
+            variable.assign(tf.zeros_like(variable))  # the loaded copy only: the files keep the thresholds
+        reference.thresholds = kind == "decisions"
+        try:
+            counts[kind] = _compare_signatures(loaded, label_map, reference, images, batch_size, thresholds, total)
+        finally:
+            reference.thresholds = expected_thresholds is not None
+    if counts["raw"] == 0:
+        raise ExportVerificationError(
+            "no sample image gave a detection, so nothing was compared; "
+            "pass --verify_images with images the model detects objects in"
+        )
+    return Verification(
+        images=len(images),
+        detections_compared=counts["raw"],
+        max_box_diff_px=total["box"],
+        max_score_diff=total["score"],
+        max_mask_diff=total["mask"],
+        signatures_checked=list(SIGNATURES),
+        decisions_compared=counts.get("decisions"),
+        score_thresholds=None if variable is None else list(expected_thresholds),
+    )
+
+
+SIGNATURES = ("image_tensor", "image_bytes", "tf_example")
+
+
+def _compare_signatures(loaded, label_map, reference, images, batch_size, thresholds, total: dict) -> int:
+    """Every signature on every image against `reference`; updates `total` (max diffs), returns the count."""
+    import tensorflow as tf
+
     compared = 0
     repeat = batch_size or 1
     for index, image in enumerate(images):
@@ -183,34 +266,36 @@ def verify_export(
             "image_bytes": tf.constant([encoded] * repeat),
             "tf_example": tf.constant([_tf_example(encoded)] * repeat),
         }
-        for signature, batch in inputs.items():
+        for signature in SIGNATURES:
             function = loaded.signatures[signature]
             input_name = next(iter(function.structured_input_signature[1]))
-            outputs = {k: v.numpy() for k, v in function(**{input_name: batch}).items()}
+            outputs = {k: v.numpy() for k, v in function(**{input_name: inputs[signature]}).items()}
             got = _trim(outputs, 0)
             where = f"sample image {index} ({image.shape[0]}x{image.shape[1]}), signature {signature}"
-            diffs = compare_detections(expected, got, where)
+            if thresholds is not None:
+                where += " (decisions at the per-class thresholds)"
+            diffs = compare_detections(expected, got, where, score_thresholds=thresholds)
             names = [label_map.name(int(c)) for c in got["classes"]]
             if got["names"] != names:
                 raise ExportVerificationError(
                     f"{where}: detection_class_names {got['names'][:5]} do not match the classes {names[:5]}"
                 )
+            if thresholds is not None:
+                _check_padding(outputs, where)
             for key in total:
                 total[key] = max(total[key], diffs[key])
             compared += len(expected["scores"])
-    if compared == 0:
-        raise ExportVerificationError(
-            "no sample image gave a detection, so nothing was compared; "
-            "pass --verify_images with images the model detects objects in"
-        )
-    return Verification(
-        images=len(images),
-        detections_compared=compared,
-        max_box_diff_px=total["box"],
-        max_score_diff=total["score"],
-        max_mask_diff=total["mask"],
-        signatures_checked=list(inputs),
-    )
+    return compared
+
+
+def _check_padding(outputs: dict, where: str) -> None:
+    """Rows after num_detections hold zeros (and '' names): a client reading all N rows sees no stale detection."""
+    count = int(outputs["num_detections"][0])
+    for key in ("detection_boxes", "detection_boxes_original", "detection_scores", "detection_classes"):
+        if np.any(outputs[key][0, count:] != 0):
+            raise ExportVerificationError(f"{where}: {key} is not zero after the {count} decisions")
+    if any(outputs["detection_class_names"][0, count:]):
+        raise ExportVerificationError(f"{where}: detection_class_names are not empty after the {count} decisions")
 
 
 # ---------------------------------------------------------------- export
@@ -228,11 +313,14 @@ def export_model(
     verify_images: Optional[Sequence[np.ndarray]] = None,
     overwrite: bool = False,
     calibration=None,
+    apply_thresholds: bool = True,
 ) -> Optional[Verification]:
     """Exports, verifies and atomically publishes a SavedModel; returns the verification.
 
     calibration: a NorCal `Calibration` baked into the class-logit bias and stored as
     `assets/calibration.json` (the verification compares with the checkpoint calibrated alike).
+    Its per-class `score_thresholds`, if any, are applied in the graph (decisions out) unless
+    apply_thresholds is False (raw scores out; the thresholds stay in the asset).
 
     checkpoint_path: a ckpt-N prefix or a folder (its latest checkpoint). Raises
     ExportVerificationError (nothing written) when the export disagrees with the checkpoint.
@@ -266,6 +354,7 @@ def export_model(
     check_checkpoint_label_map(label_map, params.task.label_map_path, checkpoint_path)
     size = list(input_image_size or params.task.model.input_size[:2])
 
+    thresholds_applied = bool(apply_thresholds and calibration is not None and calibration.score_thresholds)
     staging = f"{export_dir.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
     asset_dir = tempfile.mkdtemp(prefix="label_map_")
     try:
@@ -288,6 +377,7 @@ def export_model(
             input_type=input_type,
             calibration=calibration,
             calibration_file=calibration_file,
+            apply_thresholds=apply_thresholds,
         )
         export_saved_model_lib.export_inference_graph(
             input_type=input_type,
@@ -301,7 +391,9 @@ def export_model(
         )
         verification = None
         if verify:
-            reference = CheckpointDetector(params, checkpoint_path, calibration=calibration)
+            reference = CheckpointDetector(
+                params, checkpoint_path, calibration=calibration, thresholds=thresholds_applied
+            )
             verification = verify_export(staging, reference, verify_images or sample_images(), batch_size)
         report = {
             "checkpoint": checkpoint_path,
@@ -313,6 +405,8 @@ def export_model(
             "calibration": None
             if calibration is None
             else {"gamma": calibration.gamma, "variant": calibration.variant, "class_counts": calibration.class_counts},
+            # What the signatures return: decisions at these per-class thresholds, or raw scores (None).
+            "score_thresholds": list(calibration.score_thresholds) if thresholds_applied else None,
             "verification": dataclasses.asdict(verification) if verification else None,
         }
         with tf.io.gfile.GFile(os.path.join(staging, REPORT_FILENAME), "w") as f:
@@ -465,6 +559,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="ignore the model dir's calibration.json (NorCal, `tfmaskrcnn calibrate`): export the scores as trained",
     )
+    parser.add_argument(
+        "--no_thresholds",
+        action="store_true",
+        help="export raw scores: do not apply calibration.json's per-class score_thresholds in the graph "
+        "(they stay in assets/calibration.json)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --export_dir")
 
 
@@ -488,6 +588,13 @@ def main(args: argparse.Namespace) -> int:
             calibration = norcal.find(args.model_dir)
             if calibration is not None:
                 print(f"applying the NorCal calibration of {args.model_dir} (gamma {calibration.gamma:g})")
+                if calibration.score_thresholds and not args.no_thresholds:
+                    print(
+                        "per-class score thresholds in the graph (the signatures return decisions): "
+                        + ", ".join(f"{n} {t:g}" for n, t in zip(calibration.class_names, calibration.score_thresholds))
+                    )
+                elif calibration.score_thresholds:
+                    print("--no_thresholds: raw scores out; the per-class thresholds stay in assets/calibration.json")
         verification = export_model(
             params,
             checkpoint,
@@ -500,6 +607,7 @@ def main(args: argparse.Namespace) -> int:
             verify_images=images,
             overwrite=args.overwrite,
             calibration=calibration,
+            apply_thresholds=not args.no_thresholds,
         )
     except ExportVerificationError as e:
         print(

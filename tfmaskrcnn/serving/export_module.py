@@ -17,6 +17,13 @@ The label map travels as the asset `assets/label_map.json`
 (`loaded.label_map_asset.asset_path` after `tf.saved_model.load`). With a NorCal calibration
 the class-logit bias of the exported weights carries its shift (`tfmaskrcnn.serving.calibration`)
 and `assets/calibration.json` records γ and the class counts (`loaded.calibration_asset`).
+
+Per-class operating points (`score_thresholds`, class c at index c - 1, after the NorCal
+shift): every signature returns decisions. A detection survives when its score is at least its
+class's threshold; survivors keep their score order and move to the front, `num_detections`
+counts them, and the rows after them are zero (boxes, scores, classes, masks; '' names). The
+thresholds are the variable `loaded.score_thresholds` [K] of the SavedModel (absent when the
+export returns raw scores).
 """
 
 from __future__ import annotations
@@ -46,11 +53,46 @@ def boxes_to_original(boxes: tf.Tensor, image_info: tf.Tensor) -> tf.Tensor:
     return tf.minimum(tf.maximum(original, 0.0), size)
 
 
+# The per-detection outputs of Model Garden's Mask R-CNN serving, [B, N, ...]; thresholds reorder them together.
+PER_DETECTION_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "detection_masks")
+
+
+def apply_score_thresholds(outputs: Mapping[str, tf.Tensor], thresholds: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """Keeps the detections whose score >= their class's threshold (thresholds [K], class c at c - 1).
+
+    One gather of the thresholds by class, a mask, and a stable reordering that brings the
+    survivors to the front in their score order (top_k of the 0/1 mask: ties keep the lower index).
+    Shapes stay static ([B, N, ...] in and out), so the op compiles under XLA and on TPU. Rows at
+    and after the new `num_detections` are zeroed, whatever Model Garden's NMS left there.
+    """
+    outputs = dict(outputs)
+    classes = tf.cast(outputs["detection_classes"], tf.int32)
+    scores = outputs["detection_scores"]
+    count = tf.shape(scores)[1]
+    valid = tf.range(count)[tf.newaxis, :] < tf.cast(outputs["num_detections"], tf.int32)[:, tf.newaxis]
+    num_classes = tf.shape(thresholds)[0]
+    per_detection = tf.gather(thresholds, tf.clip_by_value(classes - 1, 0, num_classes - 1))
+    keep = valid & (scores >= tf.cast(per_detection, scores.dtype))
+    order = tf.math.top_k(tf.cast(keep, tf.int32), k=count, sorted=True).indices
+    survivors = tf.reduce_sum(tf.cast(keep, tf.int32), axis=1)
+    front = tf.range(count)[tf.newaxis, :] < survivors[:, tf.newaxis]
+    for key in PER_DETECTION_OUTPUTS:
+        if key not in outputs:
+            continue
+        value = tf.gather(outputs[key], order, batch_dims=1)
+        mask = tf.reshape(front, tf.concat([tf.shape(front), tf.ones([value.shape.rank - 2], tf.int32)], 0))
+        outputs[key] = tf.where(mask, value, tf.zeros_like(value))
+    outputs["num_detections"] = tf.cast(survivors, outputs["num_detections"].dtype)
+    return outputs
+
+
 class TfMaskRCNNDetectionModule(detection.DetectionModule):
     """`DetectionModule` with the outputs listed in the module docstring.
 
     label_map: the classes of the model (its `num_classes` must be K + 1).
     label_map_file: a file named label_map.json holding that map; stored as the asset.
+    calibration: a `Calibration`: its NorCal shift goes into the class-logit bias, its
+    score_thresholds (if any) into the graph unless `apply_thresholds` is False (raw scores).
     full_masks: add `detection_masks_full`; costs B*N*H*W bytes per call, so it suits
     small images; clients can paste the 28x28 masks themselves with `paste_masks`.
     """
@@ -65,6 +107,7 @@ class TfMaskRCNNDetectionModule(detection.DetectionModule):
         mask_threshold: float = 0.5,
         calibration=None,
         calibration_file: str = "",
+        apply_thresholds: bool = True,
         **kwargs,
     ):
         if params.task.model.num_classes != label_map.num_classes + 1:
@@ -88,13 +131,22 @@ class TfMaskRCNNDetectionModule(detection.DetectionModule):
         if calibration is not None:
             self.calibration_asset = tf.saved_model.Asset(calibration_file)
             self._calibration_shift = calibration.shift()
+        # Per-class operating points, baked in as a variable the signatures read (and a loader can inspect).
+        if calibration is not None and calibration.score_thresholds is not None and apply_thresholds:
+            self.score_thresholds = tf.Variable(
+                list(calibration.score_thresholds), dtype=tf.float32, trainable=False, name="score_thresholds"
+            )
 
     def serve(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
         outputs = dict(super().serve(images))
+        if getattr(self, "score_thresholds", None) is not None:
+            outputs = apply_score_thresholds(outputs, self.score_thresholds)
         classes = tf.cast(outputs["detection_classes"], tf.int32)
         max_detections = tf.shape(classes)[1]
         valid = tf.range(max_detections)[tf.newaxis, :] < tf.cast(outputs["num_detections"], tf.int32)[:, tf.newaxis]
         boxes = boxes_to_original(outputs["detection_boxes"], outputs["image_info"])
+        if getattr(self, "score_thresholds", None) is not None:
+            boxes = tf.where(valid[:, :, tf.newaxis], boxes, tf.zeros_like(boxes))  # rows after the decisions: 0
         outputs["detection_boxes_original"] = boxes
         outputs["detection_class_names"] = tf.where(valid, tf.gather(self._class_names, classes), tf.constant(""))
         if self._full_masks and "detection_masks" in outputs:

@@ -3,6 +3,10 @@
     tfmaskrcnn predict --saved_model exported/shapes photos/ extra.jpg --output pred_out \\
         [--score_threshold 0.5]
 
+An export with per-class score thresholds (`tfmaskrcnn calibrate --thresholds`, then export)
+returns decisions; they are written as they come (no global threshold unless --score_threshold
+is given, which then is a floor on top). An export of raw scores is cut at 0.5 by default.
+
 Writes `OUT/detections.json` (COCO results: image_id, file_name, category_id = the COCO id
 of the label map, category_name, bbox [x, y, w, h] in original pixels, score, segmentation
 as compressed RLE) and one overlay `OUT/<stem>.png` per image. image_id is the file stem
@@ -20,7 +24,7 @@ import json
 import os
 import sys
 import warnings
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -29,6 +33,7 @@ from tfmaskrcnn.io import write_atomic
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MIN_SIDE = 8
 DEFAULT_MAX_MEGAPIXELS = 50.0
+DEFAULT_SCORE_THRESHOLD = 0.5  # for exports of raw scores
 
 
 class ImageError(ValueError):
@@ -140,19 +145,23 @@ def predict(
     saved_model: str,
     inputs: Sequence[str],
     output_dir: str,
-    score_threshold: float = 0.5,
+    score_threshold: Optional[float] = None,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     overlays: bool = True,
     progress: bool = True,
     detector=None,
 ) -> PredictResult:
-    """Runs the SavedModel on `inputs` (files and folders); writes detections.json and overlays."""
+    """Runs the SavedModel on `inputs` (files and folders); writes detections.json and overlays.
+
+    score_threshold: None keeps the export's decisions (its per-class thresholds) as they are, and
+    cuts an export of raw scores at DEFAULT_SCORE_THRESHOLD; a number is a floor for both."""
     from tqdm import tqdm
 
     from tfmaskrcnn.serving import detector as inference
 
     detector = detector or inference.SavedModelDetector(saved_model)
     label_map = detector.label_map
+    score_threshold = effective_score_threshold(detector, score_threshold)
     paths = find_images(inputs)
     if not paths:
         raise ImageError(f"no image files in {list(inputs)} (extensions {', '.join(IMAGE_EXTENSIONS)})")
@@ -185,12 +194,23 @@ def predict(
     return PredictResult(detections=detections, images=len(paths) - len(failures), failures=failures)
 
 
+def effective_score_threshold(detector, score_threshold: Optional[float]) -> float:
+    """The global floor applied after the export: none over an export's decisions unless asked."""
+    if score_threshold is not None:
+        return float(score_threshold)
+    return 0.0 if getattr(detector, "score_thresholds", None) is not None else DEFAULT_SCORE_THRESHOLD
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--saved_model", required=True, help="folder written by `tfmaskrcnn export`")
     parser.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR", help="image files and/or folders")
     parser.add_argument("--output", required=True, metavar="OUT", help="folder for detections.json and overlays")
     parser.add_argument(
-        "--score_threshold", type=float, default=0.5, help="keep detections at or above this score (default 0.5)"
+        "--score_threshold",
+        type=float,
+        default=None,
+        help="keep detections at or above this score (default: the export's per-class thresholds when it has "
+        f"them, else {DEFAULT_SCORE_THRESHOLD:g})",
     )
     parser.add_argument(
         "--max_megapixels",
@@ -204,6 +224,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
+        from tfmaskrcnn.serving import detector as inference
+
+        detector = inference.SavedModelDetector(args.saved_model)
+        threshold = effective_score_threshold(detector, args.score_threshold)
+        per_class = getattr(detector, "score_thresholds", None)
+        if per_class is not None:
+            print(
+                "per-class score thresholds of the export: "
+                + ", ".join(f"{n} {t:.3g}" for n, t in zip(detector.label_map.names, per_class))
+                + (f" (and --score_threshold {threshold:g} on top)" if args.score_threshold is not None else "")
+            )
         result = predict(
             args.saved_model,
             args.images,
@@ -212,13 +243,16 @@ def main(args: argparse.Namespace) -> int:
             args.max_megapixels,
             overlays=not args.no_overlays,
             progress=not args.quiet,
+            detector=detector,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"tfmaskrcnn predict: error: {e}", file=sys.stderr)
         return 2
+    what = "decisions" if per_class is not None else "detections"
     print(
-        f"{result.images} images, {len(result.detections)} detections at score >= "
-        f"{args.score_threshold:g} -> {os.path.join(args.output, 'detections.json')}"
+        f"{result.images} images, {len(result.detections)} {what} at score >= "
+        f"{threshold:g}{' and their class threshold' if what == 'decisions' else ''} "
+        f"-> {os.path.join(args.output, 'detections.json')}"
     )
     if result.failures:
         print(f"{len(result.failures)} file(s) failed:", file=sys.stderr)
