@@ -187,6 +187,7 @@ def evaluate_runs(ctx: Context, runs: dict, records: dict) -> dict:
     from tfmaskrcnn.evaluation import groundtruth
     from tfmaskrcnn.evaluation.collapse import Alarm
     from tfmaskrcnn.evaluation.evaluate import evaluate
+    from tfmaskrcnn.serving import calibration as norcal
     from tfmaskrcnn.serving import detector
 
     label_map = LabelMap.load(find_label_map(records["val"]))
@@ -197,6 +198,10 @@ def evaluate_runs(ctx: Context, runs: dict, records: dict) -> dict:
         detections = detector.detections_from_model(
             model_dir=runs[run]["model_dir"], data=records["val"], label_map=label_map, progress=ctx.progress
         )
+        # Precision / recall and the alarm at the operating point the run ships with: its per-class
+        # thresholds (calibration.json, applied by its export) when it has them, else SCORE_THRESHOLD.
+        calibration = norcal.find(runs[run]["model_dir"])
+        thresholds = calibration.score_thresholds if calibration is not None else None
         metrics[run] = evaluate(
             coco_gt,
             detections,
@@ -207,6 +212,7 @@ def evaluate_runs(ctx: Context, runs: dict, records: dict) -> dict:
             score_threshold=SCORE_THRESHOLD,
             source=runs[run]["model_dir"],
             progress=ctx.progress,
+            class_thresholds=dict(enumerate(thresholds, start=1)) if thresholds else None,
         )
         print(f"{run}: {Alarm(metrics[run]['alarm']['verdict'], tuple(metrics[run]['alarm']['reasons']))}")
     return {"metrics": metrics, "names": list(label_map.names)}
@@ -235,6 +241,8 @@ def doctor(ctx: Context, baseline: dict, records: dict, settings: dict) -> dict:
 
 
 def export(ctx: Context, cure: dict, verify: bool = True) -> dict:
+    """The cure as a SavedModel, with its calibration.json (NorCal, per-class thresholds) when it has one."""
+    from tfmaskrcnn.serving import calibration as norcal
     from tfmaskrcnn.serving import detector
     from tfmaskrcnn.serving.export import export_model
 
@@ -242,10 +250,14 @@ def export(ctx: Context, cure: dict, verify: bool = True) -> dict:
     checkpoint = detector.latest_checkpoint(cure["model_dir"])
     path = ctx.path("export", "cure")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    verification = export_model(params, checkpoint, path, verify=verify, overwrite=True)
+    calibration = norcal.find(cure["model_dir"])
+    verification = export_model(params, checkpoint, path, verify=verify, overwrite=True, calibration=calibration)
     note = str(verification) if verification else "not compared with the checkpoint (--quick)"
+    thresholds = calibration.score_thresholds if calibration is not None else None
+    if thresholds:
+        note += "; per-class score thresholds in the graph: it returns decisions"
     print(f"SavedModel written to {path}; {note}")
-    return {"path": path, "note": note}
+    return {"path": path, "note": note, "score_thresholds": thresholds}
 
 
 def pick_images(annotation_file: str, image_dir: str, count: int) -> list[str]:
@@ -272,7 +284,9 @@ def predict(ctx: Context, export_info: dict, data: dict, count: int) -> list[dic
     val = data["splits"]["val"]
     paths = pick_images(val["annotation_file"], val["image_dir"], count)
     folder = _fresh(ctx.path("predictions"))
-    result = predictor.predict(export_info["path"], paths, folder, SCORE_THRESHOLD, progress=ctx.progress)
+    # An export with per-class thresholds returns decisions: no global threshold on top.
+    threshold = None if export_info.get("score_thresholds") else SCORE_THRESHOLD
+    result = predictor.predict(export_info["path"], paths, folder, threshold, progress=ctx.progress)
     names = {d["category_id"]: d["category_name"] for d in result.detections}
     items = []
     for path in paths:
@@ -361,6 +375,14 @@ def write_report(ctx: Context, *, data, audit, runs, evaluation, doctor, export,
         "mask_AP": {run: overall[run]["mask AP"] for run in overall},
         "box_AP": {run: overall[run]["box AP"] for run in overall},
         "alarm": {run: metrics[run]["alarm"]["verdict"] for run in metrics},
+        # The decisions of the shipped model: per class, at the threshold it acts on.
+        "cure_operating_point": {
+            "name": demo_report.operating_point_name(metrics["cure"], SCORE_THRESHOLD),
+            "per_class": {
+                row["class"]: {k: row[k] for k in ("score_threshold", "precision", "recall", "f1", "predicted")}
+                for row in demo_report.operating_point_rows(names, metrics["cure"])
+            },
+        },
         "doctor_findings": None if doctor.get("missing") else len(doctor.get("findings", [])),
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }

@@ -2,6 +2,8 @@
 
     per_class_comparison_png(names, baseline, cure, train_counts)   the per-class chart (README picture)
     comparison_rows(names, baseline, cure)                          per-class AP of both runs with deltas
+    operating_point_rows(names, metrics)                            per-class precision / recall / F1 of
+                                                                    a run at its operating point
     render_story_html(story)                                        report.html, every image embedded
 
 `baseline` and `cure` are `metrics.json` dicts of `tfmaskrcnn eval` (`DetectionEvaluator.result()`).
@@ -35,6 +37,34 @@ def comparison_rows(names: Sequence[str], baseline: Mapping, cure: Mapping) -> l
             row[f"delta_{metric}"] = None if a is None or b is None else a - b
         rows.append(row)
     return rows
+
+
+def operating_point_rows(names: Sequence[str], metrics: Mapping) -> list[dict]:
+    """Per class, what a user of the model gets at its operating point (the score threshold it ships
+    with: per class when calibrated with thresholds, else the global one): the class's threshold, the
+    objects, the confident detections, precision, recall and F1 (metrics.json of `tfmaskrcnn eval`)."""
+    point = metrics.get("operating_point") or {}
+    thresholds = point.get("thresholds") or {}
+    rows = []
+    for name in names:
+        row = metrics["per_class"].get(name, {})
+        rows.append(
+            {
+                "class": name,
+                "score_threshold": thresholds.get(name, row.get("score_threshold", point.get("global_threshold"))),
+                "gt_instances": row.get("gt_instances"),
+                "predicted": row.get("predicted"),
+                "precision": row.get("precision"),
+                "recall": row.get("recall"),
+                "f1": row.get("f1"),
+            }
+        )
+    return rows
+
+
+def operating_point_name(metrics: Mapping, default_threshold: float) -> str:
+    point = metrics.get("operating_point") or {}
+    return point.get("name") or f"global score threshold {default_threshold:g}"
 
 
 def per_class_comparison_png(
@@ -155,7 +185,8 @@ def _comparison_section(story: Mapping) -> list[str]:
     )
     parts.append("<h2>4. Collapse alarm</h2>")
     parts += [_alarm_box(run, runs[run]["metrics"]["alarm"]) for run in ("baseline", "cure")]
-    parts.append("<h2>5. Confusion matrices</h2><div class='pair'>")
+    parts += _operating_point_section(story)
+    parts.append("<h2>6. Confusion matrices</h2><div class='pair'>")
     for run in ("baseline", "cure"):
         parts.append(f"<div><h3>{run}</h3>{_img(runs[run]['confusion_png'], f'{run} confusion matrix')}")
         parts.append(
@@ -165,9 +196,35 @@ def _comparison_section(story: Mapping) -> list[str]:
     return parts
 
 
+def _operating_point_section(story: Mapping) -> list[str]:
+    """The cure's decisions: what the shipped model gets right per class at the score it acts on."""
+    cure = story["runs"]["cure"]["metrics"]
+    name = operating_point_name(cure, story["score_threshold"])
+    parts = [
+        "<h2>5. The cure at its shipped operating point</h2>",
+        f"<p>AP ranks detections at every score; a user acts on those at the operating point the exported "
+        f"model ships with: <b>{html.escape(name)}</b>. Per class, on the validation split:</p>",
+        "<table><tr><th>class</th><th>score threshold</th><th>val objects</th><th>confident detections</th>"
+        "<th>precision</th><th>recall</th><th>F1</th></tr>",
+    ]
+    for row in operating_point_rows(story["names"], cure):
+        cells = "".join(
+            f"<td>{_fmt(row[k])}</td>"
+            for k in ("score_threshold", "gt_instances", "predicted", "precision", "recall", "f1")
+        )
+        parts.append(f"<tr><td>{html.escape(row['class'])}</td>{cells}</tr>")
+    parts.append(
+        "</table><p>Precision: confident detections of the class that found an object of it; recall: objects of "
+        "the class found by a confident detection of it (IoU &ge; 0.5). A class with recall near 0 here is "
+        "never reported to the user whatever its AP; <code>tfmaskrcnn calibrate --thresholds f1</code> on a "
+        "held-out split gives each class its own threshold, which the export then applies.</p>"
+    )
+    return parts
+
+
 def _doctor_section(doctor: Mapping | None) -> list[str]:
     parts = [
-        "<h2>6. The doctor on the baseline</h2><p><code>tfmaskrcnn doctor --model_dir runs/baseline</code> "
+        "<h2>7. The doctor on the baseline</h2><p><code>tfmaskrcnn doctor --model_dir runs/baseline</code> "
         "checks the label map, the class head, the settings and the predicted classes "
         "(<a href='doctor/doctor.json'>doctor.json</a>).</p>"
     ]
@@ -201,10 +258,10 @@ def _evidence(evidence: Any, limit: int = 120) -> str:
 def _serving_section(story: Mapping) -> list[str]:
     export = story.get("export") or {}
     parts = [
-        "<h2>7. The cured model, exported and served</h2>",
+        "<h2>8. The cured model, exported and served</h2>",
         f"<p>SavedModel: <code>{html.escape(export.get('path', ''))}</code> "
         f"({html.escape(export.get('note', ''))}). Predictions of that SavedModel on validation images "
-        f"(score &ge; {story['score_threshold']:g}):</p><div class='pred'>",
+        f"({_shipped_threshold(story)}):</p><div class='pred'>",
     ]
     for item in story.get("predictions", []):
         found = ", ".join(f"{d['category_name']} {d['score']:.2f}" for d in item["detections"]) or "nothing"
@@ -214,6 +271,15 @@ def _serving_section(story: Mapping) -> list[str]:
         )
     parts.append("</div>")
     return parts
+
+
+def _shipped_threshold(story: Mapping) -> str:
+    thresholds = (story.get("export") or {}).get("score_thresholds")
+    if thresholds:
+        return "its decisions: " + ", ".join(
+            f"{html.escape(n)} &ge; {t:.3g}" for n, t in zip(story["names"], thresholds)
+        )
+    return f"score &ge; {story['score_threshold']:g}"
 
 
 def render_story_html(story: Mapping[str, Any]) -> str:
