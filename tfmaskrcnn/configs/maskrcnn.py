@@ -172,13 +172,42 @@ class TfMaskRCNNTask(mg.MaskRCNNTask):
     log_collapse_signals: bool = True
 
 
-def _sgd(boundaries: List[int], values: List[float], clipnorm: Optional[float] = 10.0):
-    return optimization.OptimizationConfig(
-        {
-            "optimizer": {"type": "sgd", "sgd": {"momentum": 0.9, "global_clipnorm": clipnorm}},
-            "learning_rate": {"type": "stepwise", "stepwise": {"boundaries": boundaries, "values": values}},
+def _sgd(
+    boundaries: List[int],
+    values: List[float],
+    clipnorm: Optional[float] = 10.0,
+    warmup_steps: int = 0,
+    warmup_learning_rate: float = 0.0,
+):
+    """SGD with momentum 0.9 on a stepwise schedule, after an optional linear warmup."""
+    config = {
+        "optimizer": {"type": "sgd", "sgd": {"momentum": 0.9, "global_clipnorm": clipnorm}},
+        "learning_rate": {"type": "stepwise", "stepwise": {"boundaries": boundaries, "values": values}},
+    }
+    if warmup_steps:
+        config["warmup"] = {
+            "type": "linear",
+            "linear": {"warmup_steps": warmup_steps, "warmup_learning_rate": warmup_learning_rate},
         }
-    )
+    return optimization.OptimizationConfig(config)
+
+
+def _trainer(**fields) -> cfg.TrainerConfig:
+    """The trainer settings every experiment keeps, plus its own `fields` (steps, intervals, optimizer).
+
+    Issue 12: the best checkpoint by validation mask AP is kept (`tfmaskrcnn export --best`), and a
+    NaN or a loss above the bound is retried from the last checkpoint (recovery_max_trials times)
+    before the run stops.
+    """
+    kept = {
+        "validation_steps": -1,
+        "best_checkpoint_export_subdir": "best_ckpt",
+        "best_checkpoint_eval_metric": "mask_AP",
+        "best_checkpoint_metric_comp": "higher",
+        "loss_upper_bound": 1000.0,
+        "recovery_max_trials": 1,
+    }
+    return cfg.TrainerConfig(**{**kept, **fields})
 
 
 def _restrictions() -> List[str]:
@@ -245,21 +274,13 @@ def tfmaskrcnn_shapes_cpu() -> cfg.ExperimentConfig:
             ),
             validation_data=DataConfig(is_training=False, global_batch_size=4, dtype="float32", drop_remainder=False),
         ),
-        trainer=cfg.TrainerConfig(
+        trainer=_trainer(
             train_steps=steps,
-            validation_steps=-1,
             validation_interval=steps,
             steps_per_loop=50,
             summary_interval=50,
             checkpoint_interval=200,
             max_to_keep=2,
-            # Issue 12: the best checkpoint by validation mask AP is kept (`tfmaskrcnn export --best`);
-            # a NaN or a loss above the bound is retried once from the last checkpoint, then stops the run.
-            best_checkpoint_export_subdir="best_ckpt",
-            best_checkpoint_eval_metric="mask_AP",
-            best_checkpoint_metric_comp="higher",
-            loss_upper_bound=1000.0,
-            recovery_max_trials=1,
             optimizer_config=_sgd([50, int(steps * 0.8)], [0.004, 0.02, 0.002]),  # see shapes_budget_override
         ),
         restrictions=_restrictions(),
@@ -333,31 +354,20 @@ def _r50fpn_experiment(
             train_data=DataConfig(is_training=True, global_batch_size=batch_size, dtype=data_dtype, parser=parser),
             validation_data=DataConfig(is_training=False, global_batch_size=8, dtype=data_dtype, drop_remainder=False),
         ),
-        trainer=cfg.TrainerConfig(
+        trainer=_trainer(
             train_steps=train_steps,
-            validation_steps=-1,
             validation_interval=2000,
             steps_per_loop=500,
             summary_interval=500,
             checkpoint_interval=2000,
-            best_checkpoint_export_subdir="best_ckpt",
-            best_checkpoint_eval_metric="mask_AP",
-            best_checkpoint_metric_comp="higher",
-            loss_upper_bound=1000.0,
             recovery_begin_steps=500,  # after the warmup
             recovery_max_trials=2,
-            optimizer_config=optimization.OptimizationConfig(
-                {
-                    "optimizer": {"type": "sgd", "sgd": {"momentum": 0.9}},
-                    "learning_rate": {
-                        "type": "stepwise",
-                        "stepwise": {
-                            "boundaries": [int(train_steps * 0.75), int(train_steps * 0.9)],
-                            "values": [base_lr, base_lr / 10, base_lr / 100],
-                        },
-                    },
-                    "warmup": {"type": "linear", "linear": {"warmup_steps": 500, "warmup_learning_rate": base_lr / 30}},
-                }
+            optimizer_config=_sgd(
+                [int(train_steps * 0.75), int(train_steps * 0.9)],
+                [base_lr, base_lr / 10, base_lr / 100],
+                clipnorm=None,
+                warmup_steps=500,
+                warmup_learning_rate=base_lr / 30,
             ),
         ),
         restrictions=_restrictions(),
@@ -459,33 +469,20 @@ def tfmaskrcnn_mobilenetv2_cpu() -> cfg.ExperimentConfig:
             ),
             validation_data=DataConfig(is_training=False, global_batch_size=2, dtype="float32", drop_remainder=False),
         ),
-        trainer=cfg.TrainerConfig(
+        trainer=_trainer(
             train_steps=steps,
-            validation_steps=-1,
             validation_interval=steps,
             steps_per_loop=50,
             summary_interval=50,
             checkpoint_interval=500,
             max_to_keep=2,
-            best_checkpoint_export_subdir="best_ckpt",
-            best_checkpoint_eval_metric="mask_AP",
-            best_checkpoint_metric_comp="higher",
-            loss_upper_bound=1000.0,
-            recovery_max_trials=1,
             # SGD at 0.005 for batch 2: twice the linear-scaling rule's 0.02 x 2/16, as short fine-tuning
             # schedules use; see mobilenetv2_cpu_budget_override for the schedule.
-            optimizer_config=optimization.OptimizationConfig(
-                {
-                    "optimizer": {"type": "sgd", "sgd": {"momentum": 0.9, "global_clipnorm": 10.0}},
-                    "learning_rate": {
-                        "type": "stepwise",
-                        "stepwise": {
-                            "boundaries": [int(steps * 0.75), int(steps * 0.9)],
-                            "values": [0.005, 0.0005, 0.00005],
-                        },
-                    },
-                    "warmup": {"type": "linear", "linear": {"warmup_steps": 200, "warmup_learning_rate": 0.0005}},
-                }
+            optimizer_config=_sgd(
+                [int(steps * 0.75), int(steps * 0.9)],
+                [0.005, 0.0005, 0.00005],
+                warmup_steps=200,
+                warmup_learning_rate=0.0005,
             ),
         ),
         restrictions=_restrictions(),
