@@ -95,6 +95,53 @@ def test_quick_demo_writes_the_whole_story(tmp_path, capsys):
 
     detector = SavedModelDetector(str(out / "export" / "cure"))
     assert list(detector.label_map.names) == list(NAMES)
+    _assert_cure_ships_thresholds_fitted_on_the_held_out_split(out, summary, detector, printed)
     overlays = sorted(p for p in os.listdir(out / "predictions") if p.endswith(".png"))
     assert len(overlays) == demo.QUICK["predict_images"]
     assert (out / "predictions" / "detections.json").exists()
+
+
+def _images_of(pattern: str) -> set:
+    from tfmaskrcnn.data.records import decoded_examples
+
+    return {example["image"].tobytes() for _, _, example in decoded_examples(pattern, False, include_image=True)}
+
+
+def _assert_cure_ships_thresholds_fitted_on_the_held_out_split(out, summary, detector, printed):
+    """The SavedModel the demo ships carries one score threshold per class, chosen by
+    `calibrate --select balance --thresholds f1` on the calib split, which shares no image with
+    the validation split the report measures; summary.json and the report say so."""
+    from tfmaskrcnn.cli import demo_stages
+
+    post = summary["cure_post_hoc"]
+    calib_records = str(out / "records" / "calib" / "*.tfrecord")
+    assert post["split"] == "calib" and post["data"] == calib_records
+    assert post["images"] == demo.QUICK["num_calib"]
+    assert post["rule"] == "f1" and set(post["score_thresholds"]) == set(NAMES)
+    # 6 steps give no confident detection at any gamma: balance has nothing to compare, gamma 0 is kept.
+    assert (post["gamma"], post["select"]) == (0.0, "ap") and "nothing to compare" in post["note"]
+    assert post["gammas"] == list(demo_stages.CALIB_GAMMAS) and post["gamma"] in post["gammas"]
+    calibration = json.loads((out / "runs" / "cure" / "calibration.json").read_text())
+    assert calibration["source"]["data"] == calib_records
+    assert calibration["score_thresholds"] == [post["score_thresholds"][n] for n in NAMES]
+    assert calibration["gamma"] == post["gamma"]
+    assert not set(calibration["source"]["data_files"]) & {
+        os.path.abspath(p) for p in (out / "records" / "val").glob("*.tfrecord")
+    }
+    calib_images, val_images = _images_of(calib_records), _images_of(str(out / "records" / "val" / "*.tfrecord"))
+    assert len(calib_images) == demo.QUICK["num_calib"] and not calib_images & val_images
+    # What the SavedModel applies, and what eval measured the cure at, are those thresholds.
+    assert detector.score_thresholds == pytest.approx(calibration["score_thresholds"])
+    assert (
+        json.loads((out / "export" / "cure" / "assets" / "calibration.json").read_text())["score_thresholds"]
+        == (calibration["score_thresholds"])
+    )
+    point = json.loads((out / "eval" / "cure" / "metrics.json").read_text())["operating_point"]
+    assert point["per_class_thresholds"] is True
+    assert point["thresholds"] == pytest.approx(post["score_thresholds"])
+    assert summary["cure_operating_point"]["per_class"]["triangle"]["score_threshold"] == pytest.approx(
+        post["score_thresholds"]["triangle"]
+    )
+    report = (out / "report.html").read_text()
+    assert "held-out <b>calib</b> split" in report and demo_stages.CALIB_SELECT in report
+    assert "fitted on the held-out calib split (9 images)" in printed

@@ -6,7 +6,10 @@
    validation split is balanced), converted to TFRecords and audited;
 2. a baseline with Model Garden's stock settings, then the cure (inverse class weights capped at
    10x + repeat-factor sampling, docs/class_balance.md) at the same step budget;
-3. per-class evaluation of both (box and mask AP, confusion matrix, collapse alarm), side by side;
+   the cure's post-hoc step, `tfmaskrcnn calibrate --select balance --thresholds f1`, fitted on a
+   held-out split (`calib`: drawn beside train and val with val's class mix), not on val;
+3. per-class evaluation of both (box and mask AP, confusion matrix, collapse alarm), side by side,
+   the cure at the operating point it ships (its per-class thresholds);
 4. the doctor on the baseline;
 5. the cure exported as a SavedModel, which then predicts on a few validation images.
 
@@ -30,12 +33,21 @@ CLASS_SHARES = (0.88, 0.08, 0.04)  # training shares: square, circle, triangle
 FULL = {
     "num_train": 400,
     "num_val": 100,
+    "num_calib": 32,
     "steps": demo_stages.FULL_STEPS,
     "doctor_images": 50,
     "predict_images": 6,
     "verify_export": True,
 }
-QUICK = {"num_train": 32, "num_val": 9, "steps": 6, "doctor_images": 9, "predict_images": 2, "verify_export": False}
+QUICK = {
+    "num_train": 32,
+    "num_val": 9,
+    "num_calib": 9,
+    "steps": 6,
+    "doctor_images": 9,
+    "predict_images": 2,
+    "verify_export": False,
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +95,7 @@ def _main(args: argparse.Namespace) -> int:
         settings["steps"] = args.steps
     out = args.output
     os.makedirs(out, exist_ok=True)
-    stage = _Stages(total=10)
+    stage = _Stages(total=11)
     ctx = demo_stages.Context(output=out, seed=args.seed, steps=settings["steps"], verbose=args.verbose, progress=True)
     native_log = None if args.verbose else os.path.join(out, "logs", "tensorflow.log")
     try:
@@ -114,6 +126,13 @@ def _run(stage: _Stages, ctx: demo_stages.Context, settings: dict, command: str)
     for run in ("baseline", "cure"):
         label = demo_stages.RUN_SETTINGS[run]["label"]
         runs[run] = stage(f"training: {run} ({label})", demo_stages.train, ctx, run, records)
+    calibration = stage(
+        f"the cure's operating point, fitted on the held-out {demo_stages.CALIB_SPLIT} split",
+        demo_stages.calibrate_cure,
+        ctx,
+        runs["cure"],
+        records,
+    )
     evaluation = stage("per-class evaluation of both runs", demo_stages.evaluate_runs, ctx, runs, records)
     doctor = stage("the doctor on the baseline", demo_stages.doctor, ctx, runs["baseline"], records, settings)
     export = stage("export of the cure", demo_stages.export, ctx, runs["cure"], settings["verify_export"])
@@ -126,6 +145,7 @@ def _run(stage: _Stages, ctx: demo_stages.Context, settings: dict, command: str)
         data=data,
         audit=audit,
         runs=runs,
+        calibration=calibration,
         evaluation=evaluation,
         doctor=doctor,
         export=export,

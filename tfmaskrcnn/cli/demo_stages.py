@@ -1,7 +1,7 @@
 """The stages of `tfmaskrcnn demo`, each a call into the package's own functions.
 
-make_dataset -> convert -> audit -> train (baseline, cure) -> evaluate_runs -> doctor -> export
--> predict -> write_report. Every stage writes under `Context.output`; nothing here computes a
+make_dataset -> convert -> audit -> train (baseline, cure) -> calibrate_cure -> evaluate_runs -> doctor
+-> export -> predict -> write_report. Every stage writes under `Context.output`; nothing here computes a
 metric or draws a picture itself (the evaluator, the audit, the exporter and
 `evaluation.demo_report` do).
 """
@@ -42,6 +42,19 @@ RUN_SETTINGS = {
 }
 
 
+# The cure's post-hoc step (docs/class_balance.md, the recommended recipe): NorCal's γ chosen by the
+# decision (`--select balance`: the smallest over-prediction of any class at the operating point,
+# then AP), not by AP, which over-corrects; then one score threshold per class at its best F1. Both
+# are fitted on a held-out split drawn beside train and val with val's class mix, never on the
+# validation split the report measures. Three γ keep the stage short.
+CALIB_SPLIT = "calib"
+CALIB_GAMMAS = (0.0, 0.25, 0.5)
+CALIB_SELECT = "balance"
+CALIB_RULE = "f1"
+# The held-out images are drawn from their own seed, so they share no random draw with train or val.
+CALIB_SEED_OFFSET = 1_000_003
+
+
 class DemoError(RuntimeError):
     """A stage could not run; the message says which and why."""
 
@@ -76,8 +89,35 @@ def make_dataset(ctx: Context, shares, settings: dict) -> dict:
         seed=ctx.seed,
         progress=ctx.progress,
     )
+    if settings.get("num_calib"):
+        summary["splits"][CALIB_SPLIT] = _held_out_split(ctx, shares, settings["num_calib"])
     print(generator.format_summary(summary))
     return summary
+
+
+def _held_out_split(ctx: Context, shares, count: int) -> dict:
+    """`count` images with the validation split's class mix (balanced) as the split `calib` beside
+    train and val (shapes/calib, shapes/annotations/instances_calib.json): what the cure's
+    post-hoc step is fitted on."""
+    from tfmaskrcnn.data.shapes import generator
+    from tfmaskrcnn.io import write_atomic
+
+    seed = ctx.seed + CALIB_SEED_OFFSET
+    scratch = _fresh(ctx.path("shapes", "_calib_draw"))
+    # The generator writes train and val; its val split, drawn from the held-out seed, is the one kept.
+    drawn = generator.generate_shapes_dataset(
+        scratch, num_train=1, num_val=count, class_ratios=shares, seed=seed, progress=False
+    )["splits"]["val"]
+    image_dir = _fresh(ctx.path("shapes", CALIB_SPLIT))
+    annotation_file = ctx.path("shapes", "annotations", f"instances_{CALIB_SPLIT}.json")
+    os.replace(drawn["image_dir"], image_dir)
+    with open(drawn["annotation_file"]) as f:
+        coco = json.load(f)
+    coco["info"]["description"] = f"tfmaskrcnn synthetic shapes, {CALIB_SPLIT} split (held out for calibrate)"
+    coco["info"]["seed"] = seed
+    write_atomic(annotation_file, json.dumps(coco, separators=(",", ":")))
+    shutil.rmtree(scratch)
+    return dict(drawn, image_dir=image_dir, annotation_file=annotation_file, seed=seed)
 
 
 def convert(ctx: Context, data: dict) -> dict:
@@ -178,6 +218,63 @@ def train(ctx: Context, run: str, records: dict) -> dict:
         "train_seconds": time.monotonic() - start,
         "settings": RUN_SETTINGS[run]["text"],
         "log": log,
+    }
+
+
+def calibrate_cure(ctx: Context, cure: dict, records: dict) -> dict:
+    """`tfmaskrcnn calibrate --select balance --thresholds f1` of the cure on the held-out split: its
+    calibration.json (γ and per-class score thresholds), which eval, export and predict then apply."""
+    from tfmaskrcnn.cli import calibrate as calibrate_cli
+    from tfmaskrcnn.serving import calibration as norcal
+
+    model_dir, data = cure["model_dir"], records[CALIB_SPLIT]
+    select, note = CALIB_SELECT, None
+    try:
+        result = calibrate_cli.calibrate(
+            model_dir, data, gammas=CALIB_GAMMAS, select=select, thresholds=CALIB_RULE, progress=ctx.progress
+        )
+    except ValueError as error:
+        # A model with no confident detection at any γ (a few steps of training, --quick) leaves
+        # `balance` nothing to compare: keep γ 0, the model as trained, and fit the thresholds.
+        if "no γ gave a confident detection" not in str(error):
+            raise
+        select = "ap"
+        note = f"--select balance had nothing to compare ({error}); γ 0 kept, the model as trained"
+        print(note)
+        result = calibrate_cli.calibrate(
+            model_dir, data, gammas=(0.0,), select=select, thresholds=CALIB_RULE, progress=ctx.progress
+        )
+    print(calibrate_cli.format_table(result))
+    print(calibrate_cli.format_thresholds(result))
+    names, fit = result.class_names, result.threshold_fit
+    command = (
+        f"tfmaskrcnn calibrate --model_dir runs/cure --data 'records/{CALIB_SPLIT}/*.tfrecord' "
+        f"--gammas {','.join(f'{g:g}' for g in CALIB_GAMMAS)} --select {CALIB_SELECT} --thresholds {CALIB_RULE}"
+    )
+    return {
+        "split": CALIB_SPLIT,
+        "data": data,
+        "images": result.source.get("images"),
+        "command": command,
+        "gammas": [float(g) for g in CALIB_GAMMAS],  # tried; `select` and `note` say what decided
+        "select": select,
+        "gamma": result.gamma,
+        "note": note,
+        "rule": fit.get("rule"),
+        "score_thresholds": dict(zip(names, result.score_thresholds)),
+        "fallbacks": list(fit.get("fallbacks", [])),
+        # Per class, the held-out evidence behind its threshold (calibrate's own numbers on calib).
+        "held_out": {
+            d["class"]: {
+                k: d[k] for k in ("threshold", "precision", "recall", "f1", "num_objects", "fallback", "reason")
+            }
+            for d in result.threshold_details
+        },
+        "alarm_on_split": {
+            "global": fit.get("alarm_at_global_threshold"),
+            "thresholds": fit.get("alarm_at_thresholds"),
+        },
+        "calibration_file": os.path.join(model_dir, norcal.CALIBRATION_FILENAME),
     }
 
 
@@ -308,7 +405,9 @@ def _read(path: str | None) -> bytes | None:
         return f.read()
 
 
-def write_report(ctx: Context, *, data, audit, runs, evaluation, doctor, export, predictions, timings, command) -> dict:
+def write_report(
+    ctx: Context, *, data, audit, runs, calibration, evaluation, doctor, export, predictions, timings, command
+) -> dict:
     """OUT/report.html, OUT/per_class_mask_ap.png; returns the summary (OUT/summary.json)."""
     from tfmaskrcnn.evaluation import demo_report
     from tfmaskrcnn.io import write_atomic
@@ -344,7 +443,9 @@ def write_report(ctx: Context, *, data, audit, runs, evaluation, doctor, export,
         "title": "tfmaskrcnn demo: one class dominates the data, the model collapses, the cure",
         "lede": f"Shapes dataset, {', '.join(names)}; the rarest class is {rarest}. The baseline trains with "
         "Model Garden's stock settings, the cure with inverse class weights and repeat-factor sampling, "
-        "same steps, same seed.",
+        "same steps, same seed; the cure's operating point (NorCal's γ chosen by the decision, one score "
+        f"threshold per class) is then fitted on a held-out split ({calibration['split']}), not on the "
+        "validation split the report measures.",
         "names": names,
         "dataset": {
             "num_train": data["splits"]["train"]["num_images"],
@@ -357,6 +458,7 @@ def write_report(ctx: Context, *, data, audit, runs, evaluation, doctor, export,
         "rows": demo_report.comparison_rows(names, metrics["baseline"], metrics["cure"]),
         "overall": overall,
         "score_threshold": SCORE_THRESHOLD,
+        "calibration": calibration,
         "doctor": doctor,
         "export": export,
         "predictions": predictions,
@@ -383,6 +485,12 @@ def write_report(ctx: Context, *, data, audit, runs, evaluation, doctor, export,
                 for row in demo_report.operating_point_rows(names, metrics["cure"])
             },
         },
+        # How that operating point was chosen, and on which split.
+        "cure_post_hoc": {
+            k: calibration[k]
+            for k in ("split", "data", "images", "command", "gammas", "select", "gamma", "note", "rule")
+            + ("score_thresholds", "fallbacks", "held_out", "alarm_on_split")
+        },
         "doctor_findings": None if doctor.get("missing") else len(doctor.get("findings", [])),
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
@@ -403,4 +511,12 @@ def format_summary(summary: dict) -> str:
     lines.append(
         f"{'collapse alarm':24}{summary['alarm']['baseline'].upper():>10}{summary['alarm']['cure'].upper():>10}"
     )
+    post = summary.get("cure_post_hoc")
+    if post:
+        thresholds = ", ".join(f"{n} {t:.3g}" for n, t in post["score_thresholds"].items())
+        lines.append(
+            f"\ncure's operating point, fitted on the held-out {post['split']} split ({post['images']} images): "
+            f"gamma {post['gamma']:g} (--select {post['select']}), score thresholds {thresholds}"
+            + (f"; global 0.5 kept for {', '.join(post['fallbacks'])}" if post["fallbacks"] else "")
+        )
     return "\n".join(lines)

@@ -219,6 +219,35 @@ def _operating_point_section(story: Mapping) -> list[str]:
         "never reported to the user whatever its AP; <code>tfmaskrcnn calibrate --thresholds f1</code> on a "
         "held-out split gives each class its own threshold, which the export then applies.</p>"
     )
+    return parts + _calibration_paragraph(story.get("calibration"))
+
+
+def _calibration_paragraph(calibration: Mapping | None) -> list[str]:
+    """How the shipped operating point was chosen: the command, the split it was fitted on, γ, thresholds."""
+    if not calibration:
+        return []
+    parts = [
+        f"<p>Chosen by <code>{html.escape(calibration['command'])}</code> on the held-out "
+        f"<b>{html.escape(calibration['split'])}</b> split ({calibration['images']} images with the validation "
+        "split's class mix, none of them in it): NorCal's &gamma; by the decision (the smallest over-prediction "
+        "of any class at the operating point, then AP; the &gamma; of the best AP can over-correct), then per "
+        f"class the score of the best F1. Chosen: <b>&gamma; {calibration['gamma']:g}</b> of "
+        f"{', '.join(f'{g:g}' for g in calibration['gammas'])}"
+        f" (--select {html.escape(calibration['select'])}). Collapse alarm on that split: "
+        f"{html.escape(str(calibration['alarm_on_split']['global']).upper())} at the global threshold, "
+        f"{html.escape(str(calibration['alarm_on_split']['thresholds']).upper())} at the per-class thresholds.</p>"
+    ]
+    if calibration.get("note"):
+        parts.append(f'<div class="alarm info">{html.escape(calibration["note"])}</div>')
+    parts.append(
+        "<table><tr><th>class</th><th>threshold</th><th>held-out objects</th><th>held-out precision</th>"
+        "<th>held-out recall</th><th>held-out F1</th><th></th></tr>"
+    )
+    for name, d in calibration["held_out"].items():
+        cells = "".join(f"<td>{_fmt(d[k])}</td>" for k in ("threshold", "num_objects", "precision", "recall", "f1"))
+        why = html.escape(d.get("reason") or "") if d["fallback"] else ""
+        parts.append(f"<tr><td>{html.escape(name)}</td>{cells}<td class='text'>{why}</td></tr>")
+    parts.append("</table>")
     return parts
 
 
