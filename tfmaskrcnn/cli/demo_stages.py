@@ -44,7 +44,7 @@ RUN_SETTINGS = {
 
 # The cure's post-hoc step (docs/class_balance.md, the recommended recipe): NorCal's γ chosen by the
 # decision (`--select balance`: the smallest over-prediction of any class at the operating point,
-# then AP), not by AP, which over-corrects; then one score threshold per class at its best F1. Both
+# then AP), not by AP, which can over-correct; then one score threshold per class at its best F1. Both
 # are fitted on a held-out split drawn beside train and val with val's class mix, never on the
 # validation split the report measures. Three γ keep the stage short.
 CALIB_SPLIT = "calib"
