@@ -456,7 +456,7 @@ def _params():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"loss_type": "seesw"}, "use one of softmax, sigmoid_focal, seesaw, eqlv2, federated"),
+        ({"loss_type": "seesw"}, "use one of softmax, sigmoid_focal, logit_adjusted, seesaw, eqlv2, federated"),
         ({"loss_type": "seesaw", "scheme": "sqrt_inverse"}, "weighting.scheme none"),
         ({"loss_type": "federated", "sigmoid": True}, "fed_loss_class_counts is empty"),
         ({"loss_type": "federated", "sigmoid": True, "counts": [1, 2, 3]}, "background first"),

@@ -57,7 +57,13 @@ class ClassBalance(hyperparams.Config):
     paper and detectron2 (50 of LVIS's 1203); at K <= 50 every class is in every step, which is
     sigmoid BCE. `fed_loss_fraction` (0 < x <= 1), when set, replaces it by ceil(x * K) at training
     start (the paper's 50 / 1203 is 0.042), so the loss samples on small label sets too.
-    Defaults are the papers'.
+    `logit_adjusted`: train-time logit adjustment / Balanced Softmax (Menon et al. 2021; Ren et al.
+    2020): softmax cross-entropy of z + a with a_c = τ·log π_c + const on the classes and 0 on the
+    background (`tfmaskrcnn.losses.logit_adjustment`), τ = `logit_adjustment_tau` (1: Balanced
+    Softmax); detections are scored from the raw logits with the plain softmax. π comes from
+    `logit_adjustment_counts` (non-crowd instance count per class, background first, the counts
+    the class weights use), filled in from the training data at training start; it takes no
+    class weights either. Defaults are the papers'.
     """
 
     weighting: ClassWeighting = dataclasses.field(default_factory=ClassWeighting)
@@ -75,6 +81,8 @@ class ClassBalance(hyperparams.Config):
     fed_loss_freq_weight_power: float = 0.5
     fed_loss_seed: int = 0
     fed_loss_class_counts: Optional[List[float]] = None
+    logit_adjustment_tau: float = 1.0
+    logit_adjustment_counts: Optional[List[float]] = None
 
 
 @dataclasses.dataclass

@@ -1,4 +1,5 @@
-"""The class-weighted Fast R-CNN classification loss (softmax cross-entropy or sigmoid focal).
+"""The class-weighted Fast R-CNN classification loss (softmax cross-entropy, sigmoid focal, or
+logit-adjusted softmax cross-entropy).
 
 `weighted_classification_loss` is the second-stage classification loss with per-class
 weights, normalized so that weights change the *balance* between classes but not the
@@ -6,24 +7,30 @@ overall loss scale (Model Garden's `FastrcnnClassLoss` divides by the RoI count,
 weights there also rescale the loss and the effective learning rate). With all weights 1
 and `weight_sum` normalization it equals Model Garden's loss. TensorFlow is imported by
 the callers; this module stays importable without it.
+
+`logit_adjusted` is the softmax cross-entropy of z + a, a the [C] adjustment of
+`tfmaskrcnn.losses.logit_adjustment` (Balanced Softmax at τ = 1; background column unadjusted);
+detections are scored from the raw logits z with the plain softmax.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from tfmaskrcnn.losses.class_weights import check_class_weights
 
 NORMALIZATIONS = ("weight_sum", "mean")
-LOSS_TYPES = ("softmax", "sigmoid_focal")
+LOSS_TYPES = ("softmax", "sigmoid_focal", "logit_adjusted")
 
 
-def _per_roi_loss(tf, logits, targets, num_classes, loss_type, focal_alpha, focal_gamma):
+def _per_roi_loss(tf, logits, targets, num_classes, loss_type, focal_alpha, focal_gamma, adjustment=None):
     one_hot = tf.one_hot(targets, num_classes, dtype=tf.float32)
     if loss_type == "softmax":
         return tf.nn.softmax_cross_entropy_with_logits(labels=one_hot, logits=logits)
+    if loss_type == "logit_adjusted":
+        return tf.nn.softmax_cross_entropy_with_logits(labels=one_hot, logits=logits + adjustment)
     # One-hot sigmoid focal loss (Lin et al. 2017), summed over the class columns.
     cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=one_hot, logits=logits)
     probs = tf.sigmoid(logits)
@@ -41,6 +48,7 @@ def weighted_classification_loss(
     loss_type: str = "softmax",
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
+    logit_adjustment: Optional[Sequence[float]] = None,
 ):
     """Class-weighted Fast R-CNN classification loss, a float32 scalar.
 
@@ -57,7 +65,8 @@ def weighted_classification_loss(
         loss summed over the C columns of a RoI, then weighted by the RoI's target
         class and normalized like softmax (per RoI, not per positive anchor as in
         RetinaNet: the RoI sampler fixes the foreground share, so the count of RoIs
-        is the stable denominator).
+        is the stable denominator). `logit_adjusted`: softmax cross-entropy of the logits plus
+        `logit_adjustment` (C numbers, background first; `tfmaskrcnn.losses.logit_adjustment`).
     """
     import tensorflow as tf
 
@@ -73,12 +82,26 @@ def weighted_classification_loss(
         check_class_weights(list(class_weights), num_classes)
         weights_table = tf.constant(np.asarray(class_weights, dtype=np.float32))
         targets = tf.cast(class_targets, tf.int32)
-        per_roi = _per_roi_loss(tf, logits, targets, num_classes, loss_type, focal_alpha, focal_gamma)
+        adjustment = _adjustment(tf, loss_type, logit_adjustment, num_classes)
+        per_roi = _per_roi_loss(tf, logits, targets, num_classes, loss_type, focal_alpha, focal_gamma, adjustment)
         roi_weights = tf.gather(weights_table, targets)
         weighted = roi_weights * per_roi
         if normalization == "mean":
             return tf.reduce_mean(weighted)
         return tf.reduce_sum(weighted) / tf.maximum(tf.reduce_sum(roi_weights), 1e-8)
+
+
+def _adjustment(tf, loss_type, logit_adjustment, num_classes):
+    if loss_type != "logit_adjusted":
+        if logit_adjustment is not None:
+            raise ValueError(f"logit_adjustment is for loss_type logit_adjusted, not {loss_type}")
+        return None
+    if logit_adjustment is None or len(logit_adjustment) != num_classes:
+        raise ValueError(
+            f"loss_type logit_adjusted needs {num_classes} logit adjustments (background first), got "
+            f"{None if logit_adjustment is None else len(logit_adjustment)}"
+        )
+    return tf.constant(np.asarray(logit_adjustment, dtype=np.float32))
 
 
 class WeightedFastrcnnClassLoss:
@@ -97,6 +120,7 @@ class WeightedFastrcnnClassLoss:
         loss_type: str = "softmax",
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        logit_adjustment: Optional[Sequence[float]] = None,
     ):
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
@@ -108,6 +132,9 @@ class WeightedFastrcnnClassLoss:
         self.loss_type = loss_type
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.logit_adjustment = None if logit_adjustment is None else [float(a) for a in logit_adjustment]
+        if loss_type == "logit_adjusted" and self.logit_adjustment is None:
+            raise ValueError("loss_type logit_adjusted needs logit_adjustment (tfmaskrcnn.losses.logit_adjustment)")
 
     def __call__(self, class_outputs, class_targets, class_weights=None):
         weights = self.class_weights if class_weights is None else list(class_weights)
@@ -119,4 +146,5 @@ class WeightedFastrcnnClassLoss:
             loss_type=self.loss_type,
             focal_alpha=self.focal_alpha,
             focal_gamma=self.focal_gamma,
+            logit_adjustment=self.logit_adjustment,
         )

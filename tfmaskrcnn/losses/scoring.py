@@ -4,10 +4,13 @@ A loss defines what its logits mean, so it defines the score read from them at i
 
 | loss | scoring | score of class c ≥ 1 (z: the C = K + 1 logits, z_0 background) |
 |---|---|---|
-| softmax | `softmax` | softmax(z)_c (Model Garden's default) |
+| softmax, logit_adjusted | `softmax` | softmax(z)_c (Model Garden's default) |
 | sigmoid_focal, federated | `sigmoid` | σ(z_c) |
 | eqlv2 | `sigmoid_objectness` | σ(z_c) · (1 − σ(z_0)): the EQLv2 reference's `test_with_obj=True` |
 | seesaw | `softmax_objectness` | softmax(z_1..z_K)_c · σ(−z_0): mmdetection's Seesaw scores |
+
+`logit_adjusted` trains with the softmax of z + a (Balanced Softmax, `tfmaskrcnn.losses.logit_adjustment`)
+and scores with the raw logits: the adjustment exists only inside the training loss.
 
 `sigmoid_objectness`: EQLv2 damps the negative gradients of the rare columns, background RoIs
 included, so what suppresses rare-class false positives at test time is the background column;
@@ -36,6 +39,7 @@ from official.vision.modeling.layers import detection_generator
 SCORINGS = ("softmax", "sigmoid", "sigmoid_objectness", "softmax_objectness")
 SCORING_OF_LOSS = {
     "softmax": "softmax",
+    "logit_adjusted": "softmax",  # trained on z + a, scored on the raw z
     "sigmoid_focal": "sigmoid",
     "federated": "sigmoid",
     "eqlv2": "sigmoid_objectness",

@@ -250,6 +250,15 @@ def start_notes(task_config) -> list:
                 else f", the present classes plus negatives drawn by image count^{balance.fed_loss_freq_weight_power:g}"
             )
         )
+    if balance.loss_type == "logit_adjusted" and balance.logit_adjustment_counts:
+        from tfmaskrcnn.losses import logit_adjustment  # pylint: disable=g-import-not-at-top
+
+        shift = logit_adjustment.logit_adjustment(balance.logit_adjustment_counts, balance.logit_adjustment_tau)
+        notes.append(
+            f"logit adjustment (Balanced Softmax at tau 1): training adds a = tau log pi_c + const to the class logits, "
+            f"background 0; tau {balance.logit_adjustment_tau:g}, a = [{', '.join(f'{a:.3f}' for a in shift)}] "
+            "(background first; pi from task.class_balance.logit_adjustment_counts); scored from the raw logits"
+        )
     spec = task_config.train_data.sampling
     if spec.type == "repeat_factor" and spec.threshold is not None:
         formula = "sqrt(t / f)" if spec.repeat_sqrt else "t / f"
@@ -308,6 +317,9 @@ def check_long_tail_loss(task_config, read_data: bool = False) -> None:
     known = tuple(losses.LOSS_TYPES) + tuple(losses.LONG_TAIL_LOSS_TYPES)
     if balance.loss_type not in known:
         raise ConfigError(f"task.class_balance.loss_type is {balance.loss_type!r}: use one of {', '.join(known)}")
+    if balance.loss_type == "logit_adjusted":
+        _check_logit_adjustment(task_config, read_data)
+        return
     if balance.loss_type not in losses.LONG_TAIL_LOSS_TYPES:
         return
     weighting = balance.weighting
@@ -333,6 +345,41 @@ def check_long_tail_loss(task_config, read_data: bool = False) -> None:
             f"num_classes is {expected}: give the background first (0), then one image count per class"
         )
     _resolve_federated_size(balance, expected - 1, read_data)
+
+
+def _check_logit_adjustment(task_config, read_data: bool) -> None:
+    """`logit_adjusted` takes no class weights, a finite tau >= 0 and `logit_adjustment_counts` (instance
+    count per class, background first): filled in from the training data with `read_data`."""
+    balance = task_config.class_balance
+    weighting = balance.weighting
+    if weighting.scheme != "none" or weighting.weights:
+        raise ConfigError(
+            "task.class_balance.loss_type logit_adjusted balances the classes itself (Balanced Softmax) and takes no "
+            "class weights: set task.class_balance.weighting.scheme none (and weights empty)"
+        )
+    tau = balance.logit_adjustment_tau
+    if tau is None or not tau >= 0 or tau == float("inf"):
+        raise ConfigError(
+            f"task.class_balance.logit_adjustment_tau is {tau}: give a number >= 0 (1 is Balanced Softmax, 0 plain "
+            "cross-entropy)"
+        )
+    expected = task_config.model.num_classes
+    if not balance.logit_adjustment_counts:
+        if not read_data:
+            raise UnresolvedConfigError(
+                f"task.class_balance.logit_adjustment_counts is empty: {_RESOLVE_FIX}, or set it to {expected} "
+                "instance counts (background first)"
+            )
+        stats = load_training_stats(task_config.train_data.input_path)
+        balance.logit_adjustment_counts = [0.0] + [float(c) for c in stats.instance_counts]
+    counts = list(balance.logit_adjustment_counts)
+    if len(counts) != expected:
+        raise ConfigError(
+            f"task.class_balance.logit_adjustment_counts has {len(counts)} entries, num_classes is {expected}: give "
+            "the background first (0, ignored), then one instance count per class"
+        )
+    if any(c is None or not 0 <= c < float("inf") for c in counts):
+        raise ConfigError(f"task.class_balance.logit_adjustment_counts {counts} must be counts >= 0")
 
 
 class LabelMapMismatchError(ConfigError):

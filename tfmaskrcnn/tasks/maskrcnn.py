@@ -7,7 +7,7 @@ What it changes, and nothing else:
 - training inputs go through our augmenting parser and an optional image sampler
   (Model Garden's `build_inputs` passes no `sample_fn`);
 - the box head's classification loss is the weighted loss of `tfmaskrcnn.losses.classification`
-  (identical to Model Garden's with all weights 1) or a long-tail loss of
+  (identical to Model Garden's with all weights 1; or its logit-adjusted form) or a long-tail loss of
   `tfmaskrcnn.losses.long_tail`, whose running statistics the model carries (checkpointed);
 - collapse signals are logged while training;
 - evaluation runs the evaluator of `tfmaskrcnn eval` (per-class COCO AP keyed by class name,
@@ -37,7 +37,7 @@ from tfmaskrcnn.dataloaders import input_reader as reader_lib
 from tfmaskrcnn.dataloaders import parser as parser_lib
 from tfmaskrcnn.dataloaders import sampling
 from tfmaskrcnn.diagnostics import training_signals
-from tfmaskrcnn.losses import scoring
+from tfmaskrcnn.losses import logit_adjustment, scoring
 from tfmaskrcnn.tasks import classifier_retraining, model_garden_hooks
 from tfmaskrcnn.tasks import config_resolution as experiment
 
@@ -302,12 +302,18 @@ class TfMaskRCNNTask(mg_task.MaskRCNNTask):
         if balance.loss_type in losses_lib.LONG_TAIL_LOSS_TYPES:
             return self._long_tail_losses()[stage]
         weights = balance.weighting.weights or [1.0] * self.task_config.model.num_classes
+        adjustment = None
+        if balance.loss_type == "logit_adjusted":  # Balanced Softmax: z + a in the loss, raw z scored
+            adjustment = logit_adjustment.logit_adjustment(
+                balance.logit_adjustment_counts, balance.logit_adjustment_tau
+            )
         return losses_lib.WeightedFastrcnnClassLoss(
             class_weights=weights,
             normalization=balance.normalization,
             loss_type=balance.loss_type,
             focal_alpha=balance.focal_alpha,
             focal_gamma=balance.focal_gamma,
+            logit_adjustment=adjustment,
         )
 
     def _build_frcnn_losses(self, outputs: Mapping[str, Any], labels: Mapping[str, Any]):

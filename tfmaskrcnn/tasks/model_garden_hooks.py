@@ -58,7 +58,7 @@ HOOKS = (
         "_build_frcnn_losses",
         ("self", "outputs", "labels"),
         "official.vision.tasks.maskrcnn:MaskRCNNTask.build_losses",
-        "the class weights and the long-tail losses (seesaw, eqlv2, federated, sigmoid_focal) of the box classifier",
+        "the class weights and the long-tail losses (seesaw, eqlv2, federated, sigmoid_focal, logit_adjusted) of the box classifier",
         "tfmaskrcnn.tasks.maskrcnn.TfMaskRCNNTask._build_frcnn_losses",
     ),
     Hook(
