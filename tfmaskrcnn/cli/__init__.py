@@ -30,7 +30,10 @@ SUBCOMMANDS = {
     "eval": ("tfmaskrcnn.cli.evaluate", "per-class evaluation of a checkpoint, SavedModel or results file"),
     "export": ("tfmaskrcnn.serving.export", "export a trained model as a SavedModel with its label map"),
     "predict": ("tfmaskrcnn.serving.predict", "run an exported SavedModel on images"),
-    "calibrate": ("tfmaskrcnn.cli.calibrate", "fit NorCal score calibration on validation data (calibration.json)"),
+    "calibrate": (
+        "tfmaskrcnn.cli.calibrate",
+        "fit NorCal or FRACAL score calibration on validation data (calibration.json)",
+    ),
     "doctor": ("tfmaskrcnn.cli.doctor", "diagnose a trained model: label map, class head, settings, predicted classes"),
     "import-backbone": ("tfmaskrcnn.cli.import_backbone", "torchvision ImageNet weights -> a TF backbone checkpoint"),
     "demo": ("tfmaskrcnn.cli.demo", "the whole story on shapes: a one-class collapse, its cure, one HTML report"),

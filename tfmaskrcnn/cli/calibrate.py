@@ -1,6 +1,7 @@
-"""`tfmaskrcnn calibrate`: fit NorCal's γ on the validation split and write calibration.json beside the checkpoint.
+"""`tfmaskrcnn calibrate`: fit NorCal's γ (or FRACAL's λ) on held-out records and write calibration.json beside the checkpoint.
 
     tfmaskrcnn calibrate --model_dir runs/x --data 'records/val/*.tfrecord' [--gammas 0,0.25,0.5,1]
+    tfmaskrcnn calibrate --model_dir runs/x --data 'records/val/*.tfrecord' --method fracal [--lambdas 0,1,2,3]
 
 NorCal (post-hoc, no training): p_c ∝ exp(z_c) / N_c^γ for foreground classes, background
 untouched, renormalized; N_c the number of training images that contain class c, as the NorCal
@@ -27,6 +28,14 @@ regions ignored; see `tfmaskrcnn.evaluation.operating_points`). A class with few
 calibration.json gets `score_thresholds` (class order) and, per class, the held-out precision,
 recall, F1 and number of objects; eval measures at them, export bakes them into the SavedModel.
 
+FRACAL (`--method fracal`, Alexandridis et al. 2025; `tfmaskrcnn.serving.fracal`): the frequency
+adjustment −log10(K·f_c) plus −λ·ln Φ_c, Φ_c the box-counting fractal dimension of the class's box
+centres over the training records (read once from --train_data or the run's training records). It
+is a bias shift like NorCal's and goes where NorCal's goes (calibration.json, eval, export, predict);
+--lambdas are the λ tried (default 0,1,2,3; 2 is the authors' released value) and chosen by --select
+as γ is. FRACAL is defined for softmax scores: models trained with a sigmoid or objectness scoring
+(sigmoid_focal, federated, eqlv2, seesaw) are refused.
+
 Fit on a held-out split (`tfmaskrcnn split`), not on the records you report: numbers measured on
 the data the thresholds were chosen on are optimistic. calibrate warns when --data shares records
 with the run's validation split, and eval warns when it evaluates the records calibrate was fitted on.
@@ -39,8 +48,11 @@ import os
 import sys
 from typing import Optional, Sequence
 
+import numpy as np
+
 from tfmaskrcnn.evaluation import operating_points
 from tfmaskrcnn.serving import calibration as norcal
+from tfmaskrcnn.serving import fracal
 
 
 def _gammas(text: str) -> list:
@@ -56,7 +68,7 @@ def _gammas(text: str) -> list:
 def calibrate(
     model_dir: str,
     data: str,
-    gammas: Sequence[float] = norcal.DEFAULT_GAMMAS,
+    gammas: Optional[Sequence[float]] = None,
     checkpoint_path: Optional[str] = None,
     train_data: Optional[str] = None,
     score_threshold: float = 0.5,
@@ -67,6 +79,7 @@ def calibrate(
     min_objects: int = operating_points.DEFAULT_MIN_OBJECTS,
     match: Optional[str] = None,
     counts: str = "image",
+    method: str = "norcal",
 ) -> norcal.Calibration:
     """Fits γ on `data` (held-out TFRecords) and writes the calibration (default: MODEL_DIR/calibration.json).
 
@@ -74,7 +87,12 @@ def calibrate(
     thresholds: a rule ("f1", "precision:P", "recall:R") for per-class score thresholds fitted at the
     chosen γ; min_objects: fewer objects of a class in `data` keep score_threshold; match: "segm"
     (mask IoU, the default when the model has masks) or "bbox". counts: what N_c counts, "image" (the
-    NorCal reference's) or "instance"."""
+    NorCal reference's) or "instance". method: "norcal" or "fracal"; `gammas` are then FRACAL's λ
+    (default fracal.DEFAULT_LAMBDAS)."""
+    if method not in norcal.METHODS:
+        raise ValueError(f"--method {method!r}: use one of {', '.join(norcal.METHODS)}")
+    if gammas is None:
+        gammas = fracal.DEFAULT_LAMBDAS if method == "fracal" else norcal.DEFAULT_GAMMAS
     if counts not in norcal.COUNTED_BY:
         raise ValueError(f"--counts {counts!r}: use image (the NorCal reference's) or instance")
     if select not in norcal.SELECT_CRITERIA:
@@ -113,6 +131,9 @@ def calibrate(
         )
     counted_by, counts = counts, norcal.class_counts_of(stats, counts)
     variant = norcal.variant_of(params)
+    spatial = {}
+    if method == "fracal":
+        spatial = fracal_statistics(params, stats, counted_by, train_data)
     include_mask = bool(params.task.model.include_mask)
     match = match or ("segm" if include_mask else "bbox")
     if match == "segm" and not include_mask:
@@ -144,6 +165,8 @@ def calibrate(
             class_counts=counts,
             variant=variant,
             counted_by=counted_by,
+            method=method,
+            **spatial,
         )
         detector.calibrate(candidate)
         detections = []
@@ -163,6 +186,8 @@ def calibrate(
         class_counts=counts,
         variant=variant,
         counted_by=counted_by,
+        method=method,
+        **spatial,
         criterion=f"select={select}: {norcal.SELECT_CRITERIA[select]} ({table[0]['metric']})",
         table=table,
         source={
@@ -179,6 +204,39 @@ def calibrate(
         )
     norcal.save(result, output or os.path.join(model_dir, norcal.CALIBRATION_FILENAME))
     return result
+
+
+def fracal_statistics(params, stats, counted_by: str, train_data: Optional[str] = None) -> dict:
+    """FRACAL's fields of the Calibration: Φ per class from the training boxes' centres, the total the
+    frequency divides by, and how Φ was fitted. Refuses a model not scored with the plain softmax."""
+    from tfmaskrcnn.data import spatial
+    from tfmaskrcnn.losses import scoring
+
+    loss_type = params.task.class_balance.loss_type
+    if scoring.scoring_of(loss_type) != "softmax":
+        raise ValueError(
+            f"FRACAL is defined for softmax scores (its authors' code); this model's loss {loss_type} scores with "
+            f"{scoring.scoring_of(loss_type)}: use --method norcal"
+        )
+    pattern = train_data or params.task.train_data.input_path
+    pattern = ",".join(pattern) if isinstance(pattern, (list, tuple)) else str(pattern)
+    x, y, class_ids = spatial.box_centres(tfrecord_files(pattern))
+    num_classes = len(stats.names)
+    dims = fracal.fractal_dimensions(x, y, class_ids, num_classes)
+    boxes = np.bincount(class_ids, minlength=num_classes + 1)[1 : num_classes + 1]
+    total = float(stats.num_images) if counted_by == "image" else float(np.sum(stats.instance_counts))
+    return {
+        "fractal_dimensions": [round(float(d), 6) for d in dims],
+        "count_total": total,
+        "fractal_fit": {
+            "rule": (
+                f"box counting of the training boxes' centres on G x G grids, G = 1..{fracal.MAX_GRID} with G^2 <= the "
+                f"class's boxes; slope of log N(G) on log G, 1 below {fracal.MIN_INSTANCES} boxes or a slope below 1"
+            ),
+            "boxes": [int(b) for b in boxes],
+            "train_data": pattern,
+        },
+    }
 
 
 def fit_thresholds(calibration, coco_gt, detections, label_map, rule, global_threshold, min_objects, match) -> None:
@@ -262,10 +320,18 @@ def format_thresholds(calibration: norcal.Calibration) -> str:
 
 def format_table(calibration: norcal.Calibration) -> str:
     names = calibration.class_names
+    method = "FRACAL" if calibration.method == "fracal" else "NorCal"
     lines = [
-        f"NorCal ({calibration.variant}) on {calibration.source.get('images', '?')} validation images; "
-        f"class counts ({calibration.counted_by}s) {dict(zip(names, calibration.class_counts))}",
-        "gamma  mean-AP  " + "  ".join(f"{n[:12]:>12}" for n in names) + "  max det/gt share  alarm",
+        f"{method} ({calibration.variant}) on {calibration.source.get('images', '?')} validation images; "
+        f"class counts ({calibration.counted_by}s) {dict(zip(names, calibration.class_counts))}"
+        + (
+            f"; fractal dimensions {dict(zip(names, calibration.fractal_dimensions))}"
+            if calibration.method == "fracal"
+            else ""
+        ),
+        f"{calibration.strength_name:>5}  mean-AP  "
+        + "  ".join(f"{n[:12]:>12}" for n in names)
+        + "  max det/gt share  alarm",
     ]
     for row in calibration.table:
         point = row["operating_point"]
@@ -291,10 +357,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model_dir", required=True, help="a training run (params.yaml and checkpoints)")
     parser.add_argument("--data", required=True, help="validation TFRecords, e.g. 'records/val/*.tfrecord'")
     parser.add_argument(
+        "--method",
+        choices=norcal.METHODS,
+        default="norcal",
+        help="norcal (Pan et al. 2021, the default) or fracal (Alexandridis et al. 2025: frequency plus the fractal "
+        "dimension of each class's box centres; softmax-scored models only)",
+    )
+    parser.add_argument(
         "--gammas",
         type=_gammas,
-        default=list(norcal.DEFAULT_GAMMAS),
-        help=f"the γ values tried (default {','.join(f'{g:g}' for g in norcal.DEFAULT_GAMMAS)}); 0 is the model as trained",
+        help=f"NorCal: the γ values tried (default {','.join(f'{g:g}' for g in norcal.DEFAULT_GAMMAS)}); 0 is the "
+        "model as trained",
+    )
+    parser.add_argument(
+        "--lambdas",
+        type=_gammas,
+        help="FRACAL: the λ values tried, the exponent of the fractal dimension (default "
+        f"{','.join(f'{g:g}' for g in fracal.DEFAULT_LAMBDAS)}; 2 is the authors' released value)",
     )
     parser.add_argument("--checkpoint_path", help="ckpt-N prefix (default: the latest of --model_dir)")
     parser.add_argument(
@@ -340,11 +419,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.method == "fracal" and args.gammas is not None:
+        print("tfmaskrcnn calibrate: error: --gammas is NorCal's; give FRACAL's --lambdas", file=sys.stderr)
+        return 2
+    if args.method == "norcal" and args.lambdas is not None:
+        print(
+            "tfmaskrcnn calibrate: error: --lambdas is FRACAL's (--method fracal); NorCal takes --gammas",
+            file=sys.stderr,
+        )
+        return 2
     try:
         result = calibrate(
             args.model_dir,
             args.data,
-            gammas=args.gammas,
+            gammas=args.lambdas if args.method == "fracal" else args.gammas,
+            method=args.method,
             checkpoint_path=args.checkpoint_path,
             train_data=args.train_data,
             score_threshold=args.score_threshold,
@@ -362,6 +451,6 @@ def main(args: argparse.Namespace) -> int:
     if result.score_thresholds is not None:
         print(format_thresholds(result))
     where = args.output or os.path.join(args.model_dir, norcal.CALIBRATION_FILENAME)
-    what = f"gamma {result.gamma:g}" + (" and per-class score thresholds" if result.score_thresholds else "")
+    what = f"{result.describe()}" + (" and per-class score thresholds" if result.score_thresholds else "")
     print(f"{what} written to {where}; eval, export and predict apply them from now on")
     return 0

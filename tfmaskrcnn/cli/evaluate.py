@@ -210,7 +210,7 @@ def operating_point(args, model, label_map) -> dict:
     fitted_on = shared_data(calibration, args.data)
     if fitted_on:
         warnings.append(
-            f"the model's calibration (gamma {calibration.gamma:g}"
+            f"the model's calibration ({calibration.describe()}"
             + (", per-class score thresholds" if calibration.score_thresholds else "")
             + f") was fitted on {len(fitted_on)} of the records evaluated here ({args.data}): the numbers are "
             "optimistic. Fit on a held-out split (`tfmaskrcnn split`) and evaluate on the other part"

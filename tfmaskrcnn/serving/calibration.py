@@ -16,6 +16,10 @@ renormalization across classes.
 N_c is the class's non-crowd instance count in the training set; a class without instances
 counts as 1 (log 1 = 0: left as it is). `calibration.json` beside the checkpoint holds γ and
 the counts; the detector, export and `tfmaskrcnn eval` apply it when the model is built.
+
+FRACAL (`method: fracal`, `tfmaskrcnn.serving.fracal`) is a bias shift too, w_c − λ·ln Φ_c with a
+frequency term w and each class's fractal dimension Φ; its file holds λ (in `gamma`, the strength
+`calibrate` sweeps), the counts, their total and Φ, and everything that applies NorCal applies it.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ def norcal_probabilities(logits: np.ndarray, class_counts: Sequence[float], gamm
 # ---------------------------------------------------------------- the file
 
 COUNTED_BY = ("image", "instance")
+METHODS = ("norcal", "fracal")
+STRENGTH_NAMES = {"norcal": "gamma", "fracal": "lambda"}
 
 
 def class_counts_of(stats, counted_by: str = "image") -> list:
@@ -69,7 +75,10 @@ def class_counts_of(stats, counted_by: str = "image") -> list:
 
 @dataclasses.dataclass
 class Calibration:
-    """What `tfmaskrcnn calibrate` chose: γ, the training counts it divides by, and the evidence."""
+    """What `tfmaskrcnn calibrate` chose: γ, the training counts it divides by, and the evidence.
+
+    `method` "norcal" (files written before the field existed are NorCal) or "fracal"; for FRACAL
+    `gamma` holds λ, the exponent of the fractal dimension (the strength calibrate sweeps)."""
 
     gamma: float
     class_names: list
@@ -91,9 +100,28 @@ class Calibration:
     # How the thresholds were fitted: rule, matching (IoU type and value), --min-objects, the global
     # threshold of the fallbacks, and the collapse alarm on the held-out split at both operating points.
     threshold_fit: dict = dataclasses.field(default_factory=dict)
+    method: str = "norcal"
+    # FRACAL only: Φ per class (class order), the total the frequency divides by (training images, or
+    # all instances when counted_by is instance), and how Φ was fitted (grids, boxes per class).
+    fractal_dimensions: Optional[list] = None
+    count_total: Optional[float] = None
+    fractal_fit: dict = dataclasses.field(default_factory=dict)
 
     def shift(self) -> np.ndarray:
+        if self.method == "fracal":
+            from tfmaskrcnn.serving import fracal  # pylint: disable=g-import-not-at-top
+
+            return fracal.logit_shift(self.class_counts, self.count_total, self.fractal_dimensions, self.gamma)
         return logit_shift(self.class_counts, self.gamma)
+
+    @property
+    def strength_name(self) -> str:
+        """What `gamma` is: NorCal's gamma, FRACAL's lambda."""
+        return STRENGTH_NAMES[self.method]
+
+    def describe(self) -> str:
+        """`NorCal gamma 0.5` / `FRACAL lambda 2`."""
+        return f"{'FRACAL' if self.method == 'fracal' else 'NorCal'} {self.strength_name} {self.gamma:g}"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, allow_nan=False) + "\n"
@@ -113,6 +141,23 @@ class Calibration:
             )
         if not math.isfinite(calibration.gamma) or calibration.gamma < 0:
             raise ValueError(f"calibration gamma {calibration.gamma} must be a finite number >= 0")
+        if calibration.method not in METHODS:
+            raise ValueError(f"calibration method {calibration.method!r} must be one of {', '.join(METHODS)}")
+        if calibration.method == "fracal":
+            dims = calibration.fractal_dimensions or []
+            if len(dims) != len(calibration.class_names) or not all(
+                isinstance(d, (int, float)) and math.isfinite(d) and d > 0 for d in dims
+            ):
+                raise ValueError(
+                    f"FRACAL calibration needs one positive fractal dimension for each of the "
+                    f"{len(calibration.class_names)} classes, got {calibration.fractal_dimensions}; re-run "
+                    "`tfmaskrcnn calibrate --method fracal`"
+                )
+            total = calibration.count_total
+            if not isinstance(total, (int, float)) or not math.isfinite(total) or total <= 0:
+                raise ValueError(f"FRACAL calibration count_total {total} must be a positive number")
+            if calibration.variant != "softmax":
+                raise ValueError(f"FRACAL calibration is defined for softmax scores, not {calibration.variant}")
         thresholds = calibration.score_thresholds
         if thresholds is not None and (
             len(thresholds) != len(calibration.class_names)

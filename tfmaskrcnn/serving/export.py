@@ -10,7 +10,7 @@ One SavedModel holds three signatures, `image_tensor` (uint8 [B, H, W, 3]), `ima
 `serving_default` is the one named by --input_type. Outputs: see `tfmaskrcnn.serving.export_module`.
 The label map is the asset `assets/label_map.json`; params.yaml and export_report.json
 (the verification numbers) sit beside saved_model.pb.
-With --model_dir, a NorCal calibration.json there (`tfmaskrcnn calibrate`) is applied: its
+With --model_dir, a NorCal or FRACAL calibration.json there (`tfmaskrcnn calibrate`) is applied: its
 shift is in the exported class-logit bias and the file is the asset `assets/calibration.json`
 (`--no_calibration` exports the scores as trained). When that calibration.json holds per-class
 `score_thresholds` (`tfmaskrcnn calibrate --thresholds`), every signature returns decisions: only
@@ -317,7 +317,7 @@ def export_model(
 ) -> Optional[Verification]:
     """Exports, verifies and atomically publishes a SavedModel; returns the verification.
 
-    calibration: a NorCal `Calibration` baked into the class-logit bias and stored as
+    calibration: a NorCal or FRACAL `Calibration` baked into the class-logit bias and stored as
     `assets/calibration.json` (the verification compares with the checkpoint calibrated alike).
     Its per-class `score_thresholds`, if any, are applied in the graph (decisions out) unless
     apply_thresholds is False (raw scores out; the thresholds stay in the asset).
@@ -404,7 +404,14 @@ def export_model(
             "classes": list(label_map.names),
             "calibration": None
             if calibration is None
-            else {"gamma": calibration.gamma, "variant": calibration.variant, "class_counts": calibration.class_counts},
+            else {
+                "method": calibration.method,
+                "gamma": calibration.gamma,  # FRACAL: its lambda
+                "variant": calibration.variant,
+                "class_counts": calibration.class_counts,
+                "fractal_dimensions": calibration.fractal_dimensions,
+                "count_total": calibration.count_total,
+            },
             # What the signatures return: decisions at these per-class thresholds, or raw scores (None).
             "score_thresholds": list(calibration.score_thresholds) if thresholds_applied else None,
             "verification": dataclasses.asdict(verification) if verification else None,
@@ -557,7 +564,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no_calibration",
         action="store_true",
-        help="ignore the model dir's calibration.json (NorCal, `tfmaskrcnn calibrate`): export the scores as trained",
+        help="ignore the model dir's calibration.json (NorCal or FRACAL, `tfmaskrcnn calibrate`): export the scores as trained",
     )
     parser.add_argument(
         "--no_thresholds",
@@ -587,7 +594,7 @@ def main(args: argparse.Namespace) -> int:
 
             calibration = norcal.find(args.model_dir)
             if calibration is not None:
-                print(f"applying the NorCal calibration of {args.model_dir} (gamma {calibration.gamma:g})")
+                print(f"applying the calibration of {args.model_dir} ({calibration.describe()})")
                 if calibration.score_thresholds and not args.no_thresholds:
                     print(
                         "per-class score thresholds in the graph (the signatures return decisions): "
