@@ -30,78 +30,21 @@ import sys
 
 import numpy as np
 
+# The settings table (SETTINGS, STAGED, MIXES, ...) lives beside this script.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from class_balance_settings import (  # noqa: E402  pylint: disable=wrong-import-position
+    CALIBRATION_STAGES,
+    MIXES,
+    NORCAL_COUNTS,
+    SETTINGS,
+    STAGED,
+)
+from class_balance_settings import merge as _merge  # noqa: E402  pylint: disable=wrong-import-position
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIDENT = 0.5  # the operating point: detections a user would keep
 
-BOTH = {
-    "task": {
-        "class_balance": {"weighting": {"scheme": "sqrt_inverse"}},
-        "train_data": {"sampling": {"type": "repeat_factor"}},
-    }
-}
-SETTINGS = {
-    "reference": {},  # stock settings on the balanced training set (see _mix_for)
-    "stock": {},
-    "weights": {"task": {"class_balance": {"weighting": {"scheme": "sqrt_inverse"}}}},
-    "sampling": {"task": {"train_data": {"sampling": {"type": "repeat_factor"}}}},
-    "both": BOTH,  # the recipe shipped so far: sqrt-inverse weights + repeat-factor sampling
-    "weights_inverse": {"task": {"class_balance": {"weighting": {"scheme": "inverse", "max_ratio": 10.0}}}},
-    "augment_standard": {"task": {"train_data": {"parser": {"augmentation": {"preset": "standard"}}}}},
-    "augment_light": {"task": {"train_data": {"parser": {"augmentation": {"preset": "light"}}}}},
-    # Instance-level oversampling: rare-class objects pasted into other images (issue 13).
-    "copy_paste": {"task": {"train_data": {"parser": {"copy_paste": {"enabled": True}}}}},
-    # Long-tail losses of the box classifier (issue 14).
-    "seesaw": {"task": {"class_balance": {"loss_type": "seesaw"}}},
-    # The loss sets the scoring (config resolution): eqlv2 sigmoid(z_c)(1 - sigmoid(z_0)), federated
-    # sigmoid, seesaw softmax over the classes times the objectness of column 0.
-    "eqlv2": {"task": {"class_balance": {"loss_type": "eqlv2"}}},
-    "federated": {"task": {"class_balance": {"loss_type": "federated"}}},  # |S| = 50 >= K = 5: sigmoid BCE
-    # The federated loss drawing on 5 classes: |S| = ceil(0.4 K) = 2, the present classes first.
-    "federated_sampled": {"task": {"class_balance": {"loss_type": "federated", "fed_loss_fraction": 0.4}}},
-    # eqlv2 (the long-tail loss that kept the majority at 800 steps) on the repeat-factor stream.
-    "eqlv2_sampling": {
-        "task": {
-            "class_balance": {"loss_type": "eqlv2"},
-            "train_data": {"sampling": {"type": "repeat_factor"}},
-        }
-    },
-    "copy_paste_sampling": {
-        "task": {"train_data": {"parser": {"copy_paste": {"enabled": True}}, "sampling": {"type": "repeat_factor"}}}
-    },
-}
-# Second-stage cures of the box classifier (issue 14), applied to a trained run of the base
-# setting with the same seed (trained first when its model dir is missing): `crt` re-trains the
-# class-logit layer for the crt experiment's 300 steps on a class-aware stream; `norcal` fits
-# NorCal's gamma on a balanced calibration split (not the validation split it is measured on),
-# choosing gamma by mean per-class AP, or, for `*_norcal_balance`, by the operating point
-# (`tfmaskrcnn calibrate --select balance`). setting -> (base setting, stage, calibrate's select).
-STAGED = {
-    "crt": ("stock", "crt", None),
-    "norcal": ("stock", "norcal", "ap"),
-    "norcal_balance": ("stock", "norcal", "balance"),
-    "both_crt": ("both", "crt", None),
-    "both_norcal": ("both", "norcal", "ap"),
-    "both_norcal_balance": ("both", "norcal", "balance"),
-    "both_norcal_instance": ("both", "norcal", "ap"),
-}
-# What NorCal's N_c counts (`calibrate --counts`): images containing the class, the reference's and
-# calibrate's default, except where named here. The norcal rows measured before the default
-# became `image` counted instances, which `both_norcal_instance` measures now.
-NORCAL_COUNTS = {"both_norcal_instance": "instance"}
-# Training class shares; the first class is the majority. `five` resembles the mixes users
-# report: one dominant class and minorities with 3-5% of the instances.
-MIXES = {
-    "three": (0.9, 0.07, 0.03),
-    "five": (0.80, 0.08, 0.05, 0.04, 0.03),
-}
 NUM_TRAIN, NUM_VAL = 400, 100
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
 
 
 def _shares_for(mix: str, setting: str) -> tuple:
@@ -157,17 +100,17 @@ def _model_dir(args, setting: str) -> str:
     return os.path.join(args.output, f"{args.mix}_{args.steps}", "runs", f"{setting}_seed{args.seed}")
 
 
-def _train(args, setting: str, records: dict) -> dict:
-    """Trains `setting` (or, for a STAGED one, its second stage) into its model dir; returns the logs."""
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    import tf_keras  # pylint: disable=g-import-not-at-top
+def experiment_params(args, setting: str, records: dict):
+    """The experiment config that trains `setting` (for a STAGED crt one, its second stage; a calibration
+    stage trains nothing and has its base's), before resolution. Reads no data."""
     from official.core import exp_factory  # pylint: disable=g-import-not-at-top
 
-    from tfmaskrcnn.cli import train  # pylint: disable=g-import-not-at-top
+    import tfmaskrcnn.registry_imports  # noqa: F401  pylint: disable=g-import-not-at-top
     from tfmaskrcnn.configs import maskrcnn as configs  # pylint: disable=g-import-not-at-top
 
-    tf_keras.utils.set_random_seed(args.seed)
-    tf.random.set_seed(args.seed)
+    base, stage, _ = STAGED.get(setting, (None, None, None))
+    if stage in CALIBRATION_STAGES:
+        return experiment_params(args, base, records)
     data = {
         "task": {
             "train_data": {
@@ -190,6 +133,19 @@ def _train(args, setting: str, records: dict) -> dict:
             _merge(configs.shapes_budget_override(args.steps), SETTINGS[setting]),
         )
     params.override(_merge(data, extra), is_strict=True)
+    return params
+
+
+def _train(args, setting: str, records: dict) -> dict:
+    """Trains `setting` (or, for a STAGED one, its second stage) into its model dir; returns the logs."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tf_keras  # pylint: disable=g-import-not-at-top
+
+    from tfmaskrcnn.cli import train  # pylint: disable=g-import-not-at-top
+
+    tf_keras.utils.set_random_seed(args.seed)
+    tf.random.set_seed(args.seed)
+    params = experiment_params(args, setting, records)
     model_dir = _model_dir(args, setting)
     # A run whose training finished but whose measurement did not (killed, or a failure after
     # training) is evaluated again instead of trained again.
@@ -215,7 +171,7 @@ def run_one(args) -> None:
     if stage and not _has_checkpoint(_model_dir(args, base)):
         print(f"== training the base run {base} seed {args.seed} first", flush=True)
         _train(args, base, records)
-    if stage == "norcal":
+    if stage in CALIBRATION_STAGES:
         from tfmaskrcnn.cli.calibrate import calibrate  # pylint: disable=g-import-not-at-top
 
         model_dir = _model_dir(args, args.setting)
@@ -224,14 +180,22 @@ def run_one(args) -> None:
         calibration_split = make_data(args.output, (1.0,) * len(MIXES[args.mix]), seed=1)["val"]
         counts = NORCAL_COUNTS.get(args.setting, "image")
         fitted = calibrate(
-            model_dir, calibration_split, score_threshold=CONFIDENT, progress=False, select=select, counts=counts
+            model_dir,
+            calibration_split,
+            score_threshold=CONFIDENT,
+            progress=False,
+            select=select,
+            counts=counts,
+            method=stage,
         )
-        result = {"gamma": fitted.gamma, "select": select, "counted_by": fitted.counted_by}
+        result = {"gamma": fitted.gamma, "method": fitted.method, "select": select, "counted_by": fitted.counted_by}
+        if fitted.method == "fracal":  # gamma holds FRACAL's lambda
+            result["fractal_dimensions"] = fitted.fractal_dimensions
     else:
         result = _train(args, args.setting, records)
     point = operating_point(_model_dir(args, args.setting), records["val"])
     result.update(point)
-    if stage == "norcal":  # Model Garden's post-training eval has no NorCal: the calibrated numbers
+    if stage in CALIBRATION_STAGES:  # Model Garden's post-training eval has no calibration: the calibrated numbers
         result.update({k[len("eval_") :]: v for k, v in point.items() if k.startswith("eval_mask_AP")})
         result["AP"] = point["eval_box_AP"]
     path = _result_path(args.results, args.setting, args.seed)
