@@ -5,6 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_out
+# Test processes (pytest-xdist). Most of a tiny-model test is single-threaded Python (building and
+# tracing Model Garden's model), so 2 processes use 2 cores; each holds its own TensorFlow (~2 GB).
+TEST_WORKERS ?= 2
+# --dist loadfile keeps a test file in one process, so module fixtures are built once.
+PYTEST := $(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: demo test test-fast test-imgaug lint setup clean weights
 
@@ -21,7 +26,7 @@ demo: setup
 
 # --durations=25: the slowest tests, kept in the CI log so that a slowdown shows.
 test: setup lint weights
-	$(PY) -m pytest -q -rs --durations=25
+	$(PYTEST) --durations=25
 	$(MAKE) test-imgaug
 
 # torchvision's ImageNet MobileNetV2 file, hash-checked, for `tfmaskrcnn import-backbone`, its tests
@@ -41,7 +46,7 @@ test-imgaug:
 	bash ci/imgaug_env.sh
 
 test-fast: setup
-	$(PY) -m pytest -q -rs -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -182,3 +182,14 @@ def tiny_task_and_model(shapes_records, tmp_path_factory):
     config_resolution.resolve_config(params.task)
     task = task_factory.get_task(params.task, logging_dir=str(tmp_path_factory.mktemp("tiny_task")))
     return params, task, task.build_model()
+
+
+# Fixtures that build, train or export a Model Garden model: a test that uses one (directly or
+# through another fixture) is slow whatever its own marks say, so `make test-fast` stays fast.
+MODEL_FIXTURES = frozenset({"tiny_run_dir", "untrained_model_dir", "tiny_task_and_model"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
