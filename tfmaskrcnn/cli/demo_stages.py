@@ -233,11 +233,9 @@ def calibrate_cure(ctx: Context, cure: dict, records: dict) -> dict:
         result = calibrate_cli.calibrate(
             model_dir, data, gammas=CALIB_GAMMAS, select=select, thresholds=CALIB_RULE, progress=ctx.progress
         )
-    except ValueError as error:
+    except norcal.OperatingPointRefused as error:
         # A model with no confident detection at any γ (a few steps of training, --quick) leaves
         # `balance` nothing to compare: keep γ 0, the model as trained, and fit the thresholds.
-        if "no γ gave a confident detection" not in str(error):
-            raise
         select = "ap"
         note = f"--select balance had nothing to compare ({error}); γ 0 kept, the model as trained"
         print(note)

@@ -307,6 +307,21 @@ BALANCE_TOLERANCE = 0.05  # share ratios closer than this are the same balance; 
 BALANCE_MIN_CONFIDENT_FRACTION = 0.5
 
 
+class OperatingPointRefused(ValueError):
+    """`--select balance` found no γ whose operating point it can judge: none kept a confident
+    detection (score >= the threshold) with a ground-truth share to compare it with. Callers that can
+    fall back (keep γ 0, select by AP) catch this type; the message is for people and may change.
+
+    `table` holds the γ table that was judged (rows of `table_row`), `reason` a stable key."""
+
+    NO_CONFIDENT_DETECTION = "no_confident_detection"
+
+    def __init__(self, message: str, table: Sequence[dict] = (), reason: str = NO_CONFIDENT_DETECTION):
+        super().__init__(message)
+        self.table = list(table)
+        self.reason = reason
+
+
 def choose_gamma(table: Sequence[dict], select: str = "ap") -> float:
     """The γ to keep. `ap`: the best mean per-class AP, ties (within 1e-4) to the smaller γ.
 
@@ -315,7 +330,8 @@ def choose_gamma(table: Sequence[dict], select: str = "ap") -> float:
     instead of ending it; `balance` takes the γ whose largest detection-share / ground-truth-share
     ratio (score >= the threshold) is smallest, and among those within BALANCE_TOLERANCE of it
     the best mean per-class AP. Only γ that keep BALANCE_MIN_CONFIDENT_FRACTION of the largest
-    number of confident detections over the table compete; a γ with none is never chosen."""
+    number of confident detections over the table compete; a γ with none is never chosen, and when
+    no γ competes it raises OperatingPointRefused (a ValueError) carrying the table."""
     if select not in SELECT_CRITERIA:
         raise ValueError(f"select={select!r}: expected one of {sorted(SELECT_CRITERIA)}")
     scored = [row for row in table if row["mean_per_class_AP"] is not None]
@@ -331,8 +347,9 @@ def choose_gamma(table: Sequence[dict], select: str = "ap") -> float:
             and row["operating_point"]["max_share_ratio"] is not None
         ]
         if not balanced:
-            raise ValueError(
-                "no γ gave a confident detection at the score threshold: lower --score_threshold or use --select ap"
+            raise OperatingPointRefused(
+                "no γ gave a confident detection at the score threshold: lower --score_threshold or use --select ap",
+                table=table,
             )
         lowest = min(row["operating_point"]["max_share_ratio"] for row in balanced)
         scored = [row for row in balanced if row["operating_point"]["max_share_ratio"] <= lowest + BALANCE_TOLERANCE]
