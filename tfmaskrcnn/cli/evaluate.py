@@ -3,6 +3,8 @@
     tfmaskrcnn eval --detections results.json --data annotations/instances_val2017.json \\
         --images val2017/ --output eval_out/ [--compare earlier_eval_out/]
     tfmaskrcnn eval --model_dir runs/first --data 'records/val/*.tfrecord' --output runs/first/eval
+    tfmaskrcnn eval --detections results.json --data 'records/val/*.tfrecord' \\
+        --calibration runs/first/calibration.json --output eval_out/
 
 Category ids of the detections must be those of the ground truth: the COCO JSON's
 own ids with `--data *.json`, or the contiguous ids 1..K of the `label_map.json`
@@ -12,8 +14,11 @@ The operating point: precision / recall / F1, the confusion matrix and the colla
 the detections a user of the model acts on. With per-class score thresholds (`tfmaskrcnn
 calibrate --thresholds`: the model dir's calibration.json, or those an export applies) each
 class is measured at its own threshold, else every class at --score-threshold; the report names
-which. `--no-class-thresholds` measures at --score-threshold instead, so that two runs of eval,
-the second with `--compare` pointing at the first, put the two operating points side by side.
+which. A saved results file (--detections) is measured at the thresholds of `--calibration
+CALIBRATION.json`, matched to the classes of --data by name (its scores must be those of the model
+the calibration was fitted on, NorCal applied as it says). `--no-class-thresholds` measures at
+--score-threshold instead, so that two runs of eval, the second with `--compare` pointing at the
+first, put the two operating points side by side.
 AP always ranks every score of a model dir (an export with thresholds returns only decisions).
 """
 
@@ -66,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.5,
         help="confidence for the confusion matrix, precision/recall and the alarm (default 0.5)",
+    )
+    parser.add_argument(
+        "--calibration",
+        metavar="CALIBRATION.json",
+        help="with --detections: measure at the per-class score thresholds (score_thresholds) of this "
+        "calibration.json from `tfmaskrcnn calibrate --thresholds`, matched to --data's classes by name",
     )
     parser.add_argument(
         "--no-class-thresholds",
@@ -206,6 +217,66 @@ def operating_point(args, model, label_map) -> dict:
     else:
         thresholds = getattr(model, "score_thresholds", None)  # what the export's graph applies
         where = "applied by the export"
+    if thresholds and not args.no_class_thresholds and label_map is None:
+        raise ValueError("per-class thresholds need TFRecords with a label_map.json as --data")
+    class_thresholds = dict(enumerate(thresholds, start=1)) if thresholds else None
+    return thresholds_point(args, calibration, class_thresholds, where)
+
+
+def calibration_point(args, coco_gt, label_map) -> dict:
+    """evaluate()'s class_thresholds, operating_point and warnings for `--detections` with
+    `--calibration`: the score thresholds of that calibration.json, by class name onto the category
+    ids of --data (label_map.json order for TFRecords; the COCO JSON's own ids)."""
+    from tfmaskrcnn.evaluation.groundtruth import read_json
+    from tfmaskrcnn.serving import calibration as norcal
+
+    path = args.calibration
+    data = read_json(path, "--calibration")
+    if not isinstance(data, dict):
+        raise ValueError(f"--calibration {path}: expected the JSON object `tfmaskrcnn calibrate` writes, got a list")
+    try:
+        calibration = norcal.Calibration.from_dict(data)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"--calibration {path}: not a calibration file `tfmaskrcnn calibrate` wrote ({error})"
+        ) from None
+    model_dir = (calibration.source or {}).get("model_dir") or "MODEL_DIR"
+    if not calibration.score_thresholds:
+        raise ValueError(
+            f"--calibration {path} has no per-class score thresholds (score_thresholds; it holds "
+            f"{calibration.describe()} only), so there is no operating point to measure at. Fit them on a "
+            f"held-out split: tfmaskrcnn calibrate --model_dir {model_dir} --data 'HELD_OUT/*.tfrecord' "
+            "--thresholds f1 (or drop --calibration to measure at --score-threshold)"
+        )
+    if label_map is not None:
+        names, what = list(label_map.names), f"the label map of --data ({args.label_map or _data_label_map(args)})"
+        ids = {name: class_id for class_id, name in enumerate(names, start=1)}
+        same = names == list(calibration.class_names)  # TFRecords: the ids are the order
+    else:
+        categories = sorted(coco_gt.loadCats(coco_gt.getCatIds()), key=lambda c: c["id"])
+        names, what = [c["name"] for c in categories], f"the categories of --data {args.data}"
+        ids = {c["name"]: c["id"] for c in categories}
+        same = len(ids) == len(names) and set(names) == set(calibration.class_names)
+    if not same:
+        raise ValueError(
+            f"--calibration {path} was fitted for classes {list(calibration.class_names)}, {what} has {names}: "
+            "its thresholds would be applied to the wrong classes. Pass the calibration.json of the model that "
+            "produced --detections, evaluated on records converted with that model's label map"
+        )
+    class_thresholds = {ids[name]: t for name, t in zip(calibration.class_names, calibration.score_thresholds)}
+    return thresholds_point(args, calibration, class_thresholds, f"--calibration {path}")
+
+
+def _data_label_map(args) -> str:
+    from tfmaskrcnn.data.label_map import find_label_map
+
+    return find_label_map(args.data)
+
+
+def thresholds_point(args, calibration, class_thresholds, where: str) -> dict:
+    """The operating point at `class_thresholds` ({category id: score}, from `calibration` where
+    `where` says), or at --score-threshold with --no-class-thresholds; warns when the calibration
+    was fitted on the records evaluated here."""
     warnings = []
     fitted_on = shared_data(calibration, args.data)
     if fitted_on:
@@ -215,16 +286,14 @@ def operating_point(args, model, label_map) -> dict:
             + f") was fitted on {len(fitted_on)} of the records evaluated here ({args.data}): the numbers are "
             "optimistic. Fit on a held-out split (`tfmaskrcnn split`) and evaluate on the other part"
         )
-    if not thresholds or args.no_class_thresholds:
+    if not class_thresholds or args.no_class_thresholds:
         name = f"global score threshold {args.score_threshold:g}"
-        if thresholds:
-            name += " (--no-class-thresholds: the model's per-class thresholds ignored)"
+        if class_thresholds:
+            name += " (--no-class-thresholds: the per-class thresholds ignored)"
         return {"operating_point": name, "warnings": warnings}
-    if label_map is None:
-        raise ValueError("per-class thresholds need TFRecords with a label_map.json as --data")
     rule = (calibration.threshold_fit or {}).get("rule") if calibration is not None else None
     return {
-        "class_thresholds": dict(enumerate(thresholds, start=1)),
+        "class_thresholds": class_thresholds,
         "operating_point": f"per-class score thresholds ({where}{', ' + rule if rule else ''})",
         "warnings": warnings,
     }
@@ -245,6 +314,13 @@ def shared_data(calibration, data: str) -> list:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.calibration and not args.detections:
+        print(
+            "tfmaskrcnn eval: error: --calibration goes with --detections; a model dir or an export "
+            "applies its own calibration.json",
+            file=sys.stderr,
+        )
+        return 2
     try:
         _check_data_for_model(args)
         coco_gt, label_map, image_loader = _ground_truth(args)
@@ -252,6 +328,8 @@ def main(args: argparse.Namespace) -> int:
         point = {}
         if args.detections:
             detections, source = _load_detections(args.detections), args.detections
+            if args.calibration:
+                point = calibration_point(args, coco_gt, label_map)
         else:
             from tfmaskrcnn.serving import detector as inference
 
