@@ -18,14 +18,13 @@ and the collapse alarm gives its verdict.
 
 Per-run results are small JSON files kept in the repository (benchmarks/results/...) so the
 table can be extended over several sessions; model dirs and data go under --output. A run
-whose result file exists is not repeated. The table goes to stdout and RESULTS/summary.md.
+whose result file exists is not repeated. The table goes to stdout and RESULTS/summary.md
+(resumable.py, shared with the other long benchmarks).
 """
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -40,6 +39,9 @@ from class_balance_settings import (  # noqa: E402  pylint: disable=wrong-import
     STAGED,
 )
 from class_balance_settings import merge as _merge  # noqa: E402  pylint: disable=wrong-import-position
+from resumable import load as _load  # noqa: E402  pylint: disable=wrong-import-position
+from resumable import result_path as _result_path  # noqa: E402  pylint: disable=wrong-import-position
+from resumable import run_all, spawn, write_json  # noqa: E402  pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIDENT = 0.5  # the operating point: detections a user would keep
@@ -198,25 +200,7 @@ def run_one(args) -> None:
     if stage in CALIBRATION_STAGES:  # Model Garden's post-training eval has no calibration: the calibrated numbers
         result.update({k[len("eval_") :]: v for k, v in point.items() if k.startswith("eval_mask_AP")})
         result["AP"] = point["eval_box_AP"]
-    path = _result_path(args.results, args.setting, args.seed)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
-def _result_path(results: str, setting: str, seed: int) -> str:
-    return os.path.join(results, f"{setting}_seed{seed}.json")
-
-
-def _load(results: str, setting: str, seeds) -> list:
-    loaded = []
-    for seed in seeds:
-        path = _result_path(results, setting, seed)
-        if os.path.exists(path):
-            with open(path) as f:
-                loaded.append(json.load(f))
-    return loaded
+    write_json(_result_path(args.results, args.setting, args.seed), result)
 
 
 def _mean_sd(values) -> str:
@@ -316,37 +300,17 @@ def main() -> int:
     if args.setting:
         run_one(args)
         return 0
-    os.makedirs(args.results, exist_ok=True)
-    for seed in args.seeds:  # seed-major, so a partial run still covers every setting
-        for setting in args.settings:
-            if os.path.exists(_result_path(args.results, setting, seed)):
-                continue
-            print(f"== {setting} seed {seed}", flush=True)
-            subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--output",
-                    args.output,
-                    "--results",
-                    args.results,
-                    "--mix",
-                    args.mix,
-                    "--steps",
-                    str(args.steps),
-                    "--setting",
-                    setting,
-                    "--seed",
-                    str(seed),
-                ],
-                check=True,
-            )
-            print(summarize(args.results, args.mix, args.settings, args.seeds, args.steps), flush=True)
-    table = summarize(args.results, args.mix, args.settings, args.seeds, args.steps)
-    with open(os.path.join(args.results, "summary.md"), "w") as f:
-        f.write(table)
-    print(table)
-    return 0
+    options = ["--output", args.output, "--results", args.results, "--mix", args.mix, "--steps", str(args.steps)]
+
+    def run(setting: str, seed: int) -> None:
+        spawn(__file__, options, setting, seed)
+
+    return run_all(
+        args.results,
+        [(setting, seed) for seed in args.seeds for setting in args.settings],  # seed-major: a partial run covers all
+        run,
+        lambda: summarize(args.results, args.mix, args.settings, args.seeds, args.steps),
+    )
 
 
 if __name__ == "__main__":

@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from resumable import load, result_path, run_all, spawn, write_json  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN_CLASSES = ("hexagon", "cross", "ellipse", "arrow")
@@ -91,19 +93,11 @@ def run_one(args) -> None:
             "restored": len(report["restored"]),
             "reinitialized": sorted({e["layer"] for e in report["reinitialized"]}),
         }
-    path = _result_path(args.results, args.setting, args.seed)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_json(result_path(args.results, args.setting, args.seed), result)
 
 
 def _pretrain_dir(args) -> str:
     return os.path.join(args.output, f"pretrain_{args.pretrain_steps}")
-
-
-def _result_path(results: str, setting: str, seed: int) -> str:
-    return os.path.join(results, f"{setting}_seed{seed}.json")
 
 
 def _mean_sd(values) -> str:
@@ -125,12 +119,7 @@ def summarize(args) -> str:
         "|---|---:|---:|---:|" + "---:|" * len(DEMO_CLASSES),
     ]
     for setting in SETTINGS:
-        runs = []
-        for seed in args.seeds:
-            path = _result_path(args.results, setting, seed)
-            if os.path.exists(path):
-                with open(path) as f:
-                    runs.append(json.load(f))
+        runs = load(args.results, setting, args.seeds)
         if not runs:
             continue
         cells = [_mean_sd([r.get("mask_AP") for r in runs]), _mean_sd([r.get("AP") for r in runs])]
@@ -140,10 +129,10 @@ def summarize(args) -> str:
 
 
 def _spawn(args, setting: str, seed: int) -> None:
-    command = [sys.executable, __file__, "--setting", setting, "--seed", str(seed)]
+    options = []
     for name in ("output", "results", "steps", "pretrain_steps", "num_train", "num_val"):
-        command += [f"--{name}", str(getattr(args, name))]
-    subprocess.run(command, check=True)
+        options += [f"--{name}", str(getattr(args, name))]
+    spawn(__file__, options, setting, seed)
 
 
 def main() -> int:
@@ -165,21 +154,15 @@ def main() -> int:
         run_one(args)
         return 0
     os.makedirs(args.results, exist_ok=True)
-    if not os.path.exists(_result_path(args.results, "pretrain", 0)):
+    if not os.path.exists(result_path(args.results, "pretrain", 0)):
         print(f"== pretrain {args.pretrain_steps} steps on {', '.join(PRETRAIN_CLASSES)}", flush=True)
         _spawn(args, "pretrain", 0)
-    for seed in args.seeds:  # seed-major, so a partial run still compares both settings
-        for setting in SETTINGS:
-            if os.path.exists(_result_path(args.results, setting, seed)):
-                continue
-            print(f"== {setting} seed {seed}", flush=True)
-            _spawn(args, setting, seed)
-            print(summarize(args), flush=True)
-    table = summarize(args)
-    with open(os.path.join(args.results, "summary.md"), "w") as f:
-        f.write(table)
-    print(table)
-    return 0
+    return run_all(
+        args.results,
+        [(setting, seed) for seed in args.seeds for setting in SETTINGS],  # seed-major: a partial run compares both
+        lambda setting, seed: _spawn(args, setting, seed),
+        lambda: summarize(args),
+    )
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ the alarm OK on every seed for the recipe.
 
 Per-run JSON goes to benchmarks/results/class_balance/operating_points_STEPS/ (kept in the
 repository); a run whose JSON exists is not repeated, and a trained model dir under --output is
-reused, so the command resumes where it stopped. The table goes to stdout and RESULTS/summary.md.
+reused, so the command resumes where it stopped. The table goes to stdout and RESULTS/summary.md
+(resumable.py).
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -33,6 +33,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, REPO)
 
 import class_balance_experiment as balance  # noqa: E402
+from resumable import load, result_path, run_all, write_json  # noqa: E402
 
 GLOBAL_THRESHOLD = balance.CONFIDENT  # 0.5: the demo's and the benchmark's operating point
 RULE = "f1"
@@ -154,10 +155,6 @@ def run_one(args, setting: str, seed: int) -> dict:
     return result
 
 
-def _path(results: str, setting: str, seed: int) -> str:
-    return os.path.join(results, f"{setting}_seed{seed}.json")
-
-
 def _fmt(value) -> str:
     return "-" if value is None or not np.isfinite(value) else f"{value:.2f}"
 
@@ -171,11 +168,7 @@ def summarize(results: str, settings, seeds, steps: int) -> str:
         "",
     ]
     for setting in settings:
-        runs = []
-        for seed in seeds:
-            if os.path.exists(_path(results, setting, seed)):
-                with open(_path(results, setting, seed)) as f:
-                    runs.append(json.load(f))
+        runs = load(results, setting, seeds)
         if not runs:
             lines += [f"{setting}: no run yet.", ""]
             continue
@@ -216,24 +209,16 @@ def main() -> int:
     args.results = args.results or os.path.join(
         REPO, "benchmarks", "results", "class_balance", f"operating_points_{args.steps}"
     )
-    os.makedirs(args.results, exist_ok=True)
-    if not args.summary:
-        for seed in args.seeds:  # seed-major: a partial run still covers both settings
-            for setting in args.settings:
-                path = _path(args.results, setting, seed)
-                if os.path.exists(path):
-                    continue
-                print(f"== {setting} seed {seed}", flush=True)
-                result = run_one(args, setting, seed)
-                with open(path + ".tmp", "w") as f:
-                    json.dump(result, f, indent=1)
-                os.replace(path + ".tmp", path)
-                print(summarize(args.results, args.settings, args.seeds, args.steps), flush=True)
-    table = summarize(args.results, args.settings, args.seeds, args.steps)
-    with open(os.path.join(args.results, "summary.md"), "w") as f:
-        f.write(table)
-    print(table)
-    return 0
+
+    def run(setting: str, seed: int) -> None:  # in this process: training, if any, is its own
+        write_json(result_path(args.results, setting, seed), run_one(args, setting, seed))
+
+    return run_all(
+        args.results,
+        [] if args.summary else [(setting, seed) for seed in args.seeds for setting in args.settings],  # seed-major
+        run,
+        lambda: summarize(args.results, args.settings, args.seeds, args.steps),
+    )
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import class_balance_experiment as cbe  # noqa: E402  (the class-balance benchmark's shared pieces)
+import resumable  # noqa: E402  (skip the runs done, run the rest, write RESULTS/summary.md)
 
 REPO = cbe.REPO
 EXPERIMENT = "tfmaskrcnn_mobilenetv2_cpu"
@@ -167,10 +168,7 @@ def _write_subset(coco: dict, image_ids, classes, path: str) -> None:
     subset["images"] = [im for im in coco["images"] if im["id"] in keep]
     subset["annotations"] = [a for a in coco["annotations"] if a["image_id"] in keep and a["category_id"] in classes]
     subset["categories"] = [c for c in coco["categories"] if c["id"] in classes]
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(subset, f)
-    os.replace(path + ".tmp", path)
+    resumable.write_json(path, subset, indent=None)
 
 
 def _convert(annotations: str, images: str, output: str, prefix: str) -> str:
@@ -348,11 +346,7 @@ def run_one(args) -> None:
     result["train_seconds"] = time.time() - started
     result.update(evaluate_run(_model_dir(args, setting, seed), records[data]["val"]))
     result.update(setting=setting, seed=seed, steps=args.steps, train_instances=subset_counts(records[data]["json"]))
-    path = cbe._result_path(args.results, setting, seed)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(path + ".tmp", path)
+    resumable.write_json(resumable.result_path(args.results, setting, seed), result)
 
 
 # --- the tables ---
@@ -387,7 +381,7 @@ def _class_table(title: str, settings: dict, classes, note: str = "") -> list:
 
 
 def summarize(results: str, seeds, steps: int) -> str:
-    runs = {setting: cbe._load(results, setting, seeds) for setting in SETTINGS}
+    runs = {setting: resumable.load(results, setting, seeds) for setting in SETTINGS}
     any_run = next((r[0] for r in runs.values() if r), None)
     if any_run is None:
         return "no results yet\n"
@@ -515,11 +509,7 @@ def main(argv=None) -> int:
     if args.setting:
         run_one(args)
         return 0
-    todo = [
-        (s, seed)
-        for s, seed in plan(args.groups, args.seeds)
-        if not os.path.exists(cbe._result_path(args.results, s, seed))
-    ]
+    todo = resumable.pending(args.results, plan(args.groups, args.seeds))
     if not os.path.exists(os.path.join(args.data, "test", "_annotations.coco.json")):
         if any(setting == "recipe_norcal" for setting, _ in todo):
             print("no test/ split in --data: recipe_norcal (NorCal needs a held-out split) is left out")
@@ -534,34 +524,13 @@ def main(argv=None) -> int:
         print(f"{len(todo)} runs to do; results in {args.results}")
         return 0
     prepare_data(args.data, args.out)  # once, before the runs
-    for setting, seed in todo:
-        print(f"== {setting} seed {seed}", flush=True)
-        command = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--data",
-            args.data,
-            "--out",
-            args.out,
-            "--results",
-            args.results,
-            "--steps",
-            str(args.steps),
-            "--input-size",
-            str(args.input_size),
-            "--setting",
-            setting,
-            "--seed",
-            str(seed),
-        ]
-        subprocess.run(command, check=True)
-        print(summarize(args.results, args.seeds, args.steps), flush=True)
-    table = summarize(args.results, args.seeds, args.steps)
-    os.makedirs(args.results, exist_ok=True)
-    with open(os.path.join(args.results, "summary.md"), "w") as f:
-        f.write(table)
-    print(table)
-    return 0
+    options = ["--data", args.data, "--out", args.out, "--results", args.results, "--steps", str(args.steps)]
+    options += ["--input-size", str(args.input_size)]
+
+    def run(setting: str, seed: int) -> None:
+        resumable.spawn(os.path.abspath(__file__), options, setting, seed)
+
+    return resumable.run_all(args.results, todo, run, lambda: summarize(args.results, args.seeds, args.steps))
 
 
 if __name__ == "__main__":
