@@ -78,12 +78,23 @@ def test_init_report_names_class_layers_not_restored():
         "checkpoint": "pre/ckpt-9",
         "modules": ["backbone"],
         "reinitialized": [],
-        "not_requested": [{"variable": "model/detection_head/detection-scores/kernel:0", "module": "detection_head"}],
+        "not_requested": [
+            {
+                "variable": "model/detection_head/detection-scores/kernel:0",
+                "module": "detection_head",
+                "checkpoint_key": "model/detection_head/detection-scores/kernel/.ATTRIBUTES/VARIABLE_VALUE",
+            },
+            # Not in the checkpoint (no checkpoint_key): `modules: all` could not restore it.
+            {"variable": "model/mask_head/mask-logits/kernel:0", "module": "mask_head"},
+        ],
         "missing": [],
     }
     layers = ("detection-scores", "detection-boxes", "mask-logits")
     finding = _only(doctor.check_init_report(report, layers, "init_report.json"), "init_checkpoint", WARNING)
     assert finding.evidence["not_requested"] == ["detection-scores"] and "init_checkpoint_modules: all" in finding.fix
+    # A backbone-only checkpoint (ImageNet): the heads it does not hold are no finding.
+    backbone_only = dict(report, not_requested=[report["not_requested"][1]])
+    assert not [f for f in doctor.check_init_report(backbone_only, layers, "r.json") if f.check == "init_checkpoint"]
     report["not_requested"], report["reinitialized"] = [], [{"layer": "detection-scores", "variable": "x"}]
     _only(doctor.check_init_report(report, layers, "init_report.json"), "init_checkpoint", INFO)
 

@@ -363,7 +363,9 @@ def check_init_report(report: dict, class_dependent_layers: Sequence[str], path:
                 f"expected; give these layers enough training (>= {MIN_EPOCHS:g} epochs, see the epochs check)",
             )
         )
-    not_requested = class_layers(report.get("not_requested", []))
+    # Only layers the checkpoint holds: a backbone-only checkpoint (ImageNet) has no heads to restore,
+    # and `init_checkpoint_modules: all` would change nothing for them.
+    not_requested = class_layers([e for e in report.get("not_requested", []) if "checkpoint_key" in e])
     missing = class_layers(report.get("missing", []))
     if not_requested:
         findings.append(
