@@ -221,6 +221,9 @@ def test_train_step_loss_is_the_adjusted_cross_entropy_of_its_own_logits(shapes_
     plain, _ = _numpy_loss_and_grad(seen["stock"][0], targets, np.zeros(4))
     np.testing.assert_allclose(logs["adjusted"]["frcnn_cls_loss"], by_hand, rtol=1e-5)
     np.testing.assert_allclose(logs["stock"]["frcnn_cls_loss"], plain, rtol=1e-5)
-    assert abs(by_hand - plain) > 0.02 * plain, (by_hand, plain)
+    # The two losses must be told apart at the tolerance the equalities above use (1e-5): 100x that.
+    # How far apart they are depends on the RoIs drawn (mostly background, which is not adjusted):
+    # 1.3% and more than 2% were both seen, so no fixed share of the loss is asserted.
+    assert abs(by_hand - plain) > 1e-3 * plain, (by_hand, plain)
     for key in ("rpn_score_loss", "rpn_box_loss", "frcnn_box_loss", "mask_loss"):
         np.testing.assert_allclose(logs["adjusted"][key], logs["stock"][key], rtol=1e-5, err_msg=key)
