@@ -331,20 +331,28 @@ def check_long_tail_loss(task_config, read_data: bool = False) -> None:
     if balance.loss_type != "federated":
         return
     expected = task_config.model.num_classes
-    if not balance.fed_loss_class_counts:
-        if not read_data:
-            raise UnresolvedConfigError(
-                f"task.class_balance.fed_loss_class_counts is empty: {_RESOLVE_FIX}, or set it to {expected} "
-                "image counts (background first)"
-            )
-        stats = load_training_stats(task_config.train_data.input_path)
-        balance.fed_loss_class_counts = [0.0] + [float(c) for c in stats.image_counts]
+    _fill_class_counts(task_config, "fed_loss_class_counts", "image", read_data)
     if len(balance.fed_loss_class_counts) != expected:
         raise ConfigError(
             f"task.class_balance.fed_loss_class_counts has {len(balance.fed_loss_class_counts)} entries, "
             f"num_classes is {expected}: give the background first (0), then one image count per class"
         )
     _resolve_federated_size(balance, expected - 1, read_data)
+
+
+def _fill_class_counts(task_config, field: str, kind: str, read_data: bool) -> None:
+    """An empty `task.class_balance.<field>` gets the training data's per-class `kind` counts ('image' or
+    'instance'), background first (0), when the data may be read; refused otherwise."""
+    balance = task_config.class_balance
+    if getattr(balance, field):
+        return
+    if not read_data:
+        raise UnresolvedConfigError(
+            f"task.class_balance.{field} is empty: {_RESOLVE_FIX}, or set it to {task_config.model.num_classes} "
+            f"{kind} counts (background first)"
+        )
+    stats = load_training_stats(task_config.train_data.input_path)
+    setattr(balance, field, [0.0] + [float(c) for c in getattr(stats, f"{kind}_counts")])
 
 
 def _check_logit_adjustment(task_config, read_data: bool) -> None:
@@ -364,14 +372,7 @@ def _check_logit_adjustment(task_config, read_data: bool) -> None:
             "cross-entropy)"
         )
     expected = task_config.model.num_classes
-    if not balance.logit_adjustment_counts:
-        if not read_data:
-            raise UnresolvedConfigError(
-                f"task.class_balance.logit_adjustment_counts is empty: {_RESOLVE_FIX}, or set it to {expected} "
-                "instance counts (background first)"
-            )
-        stats = load_training_stats(task_config.train_data.input_path)
-        balance.logit_adjustment_counts = [0.0] + [float(c) for c in stats.instance_counts]
+    _fill_class_counts(task_config, "logit_adjustment_counts", "instance", read_data)
     counts = list(balance.logit_adjustment_counts)
     if len(counts) != expected:
         raise ConfigError(
