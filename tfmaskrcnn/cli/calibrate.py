@@ -320,9 +320,8 @@ def format_thresholds(calibration: norcal.Calibration) -> str:
 
 def format_table(calibration: norcal.Calibration) -> str:
     names = calibration.class_names
-    method = "FRACAL" if calibration.method == "fracal" else "NorCal"
     lines = [
-        f"{method} ({calibration.variant}) on {calibration.source.get('images', '?')} validation images; "
+        f"{calibration.method_name} ({calibration.variant}) on {calibration.source.get('images', '?')} validation images; "
         f"class counts ({calibration.counted_by}s) {dict(zip(names, calibration.class_counts))}"
         + (
             f"; fractal dimensions {dict(zip(names, calibration.fractal_dimensions))}"

@@ -62,6 +62,7 @@ def norcal_probabilities(logits: np.ndarray, class_counts: Sequence[float], gamm
 COUNTED_BY = ("image", "instance")
 METHODS = ("norcal", "fracal")
 STRENGTH_NAMES = {"norcal": "gamma", "fracal": "lambda"}
+METHOD_NAMES = {"norcal": "NorCal", "fracal": "FRACAL"}
 
 
 def class_counts_of(stats, counted_by: str = "image") -> list:
@@ -119,9 +120,14 @@ class Calibration:
         """What `gamma` is: NorCal's gamma, FRACAL's lambda."""
         return STRENGTH_NAMES[self.method]
 
+    @property
+    def method_name(self) -> str:
+        """`NorCal` / `FRACAL`, as the papers spell them."""
+        return METHOD_NAMES[self.method]
+
     def describe(self) -> str:
         """`NorCal gamma 0.5` / `FRACAL lambda 2`."""
-        return f"{'FRACAL' if self.method == 'fracal' else 'NorCal'} {self.strength_name} {self.gamma:g}"
+        return f"{self.method_name} {self.strength_name} {self.gamma:g}"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, allow_nan=False) + "\n"

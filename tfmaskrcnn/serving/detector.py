@@ -322,7 +322,7 @@ def detections_from_model(
     source = model_dir or saved_model
     if detector.calibration is not None and progress:
         print(
-            f"{'FRACAL' if detector.calibration.method == 'fracal' else 'NorCal'} calibration applied: "
+            f"{detector.calibration.method_name} calibration applied: "
             f"{detector.calibration.strength_name} {detector.calibration.gamma:g} ({detector.calibration.variant}; "
             f"{'calibration.json of the model dir' if model_dir else 'assets/calibration.json of the export'})",
             file=sys.stderr,

@@ -317,10 +317,7 @@ def check_long_tail_loss(task_config, read_data: bool = False) -> None:
     known = tuple(losses.LOSS_TYPES) + tuple(losses.LONG_TAIL_LOSS_TYPES)
     if balance.loss_type not in known:
         raise ConfigError(f"task.class_balance.loss_type is {balance.loss_type!r}: use one of {', '.join(known)}")
-    if balance.loss_type == "logit_adjusted":
-        _check_logit_adjustment(task_config, read_data)
-        return
-    if balance.loss_type not in losses.LONG_TAIL_LOSS_TYPES:
+    if balance.loss_type not in losses.LONG_TAIL_LOSS_TYPES + ("logit_adjusted",):
         return
     weighting = balance.weighting
     if weighting.scheme != "none" or weighting.weights:
@@ -328,6 +325,9 @@ def check_long_tail_loss(task_config, read_data: bool = False) -> None:
             f"task.class_balance.loss_type {balance.loss_type} balances the classes itself and takes no class "
             "weights: set task.class_balance.weighting.scheme none (and weights empty)"
         )
+    if balance.loss_type == "logit_adjusted":
+        _check_logit_adjustment(task_config, read_data)
+        return
     if balance.loss_type != "federated":
         return
     expected = task_config.model.num_classes
@@ -356,15 +356,9 @@ def _fill_class_counts(task_config, field: str, kind: str, read_data: bool) -> N
 
 
 def _check_logit_adjustment(task_config, read_data: bool) -> None:
-    """`logit_adjusted` takes no class weights, a finite tau >= 0 and `logit_adjustment_counts` (instance
-    count per class, background first): filled in from the training data with `read_data`."""
+    """`logit_adjusted` (class weights already refused) takes a finite tau >= 0 and `logit_adjustment_counts`
+    (instance count per class, background first): filled in from the training data with `read_data`."""
     balance = task_config.class_balance
-    weighting = balance.weighting
-    if weighting.scheme != "none" or weighting.weights:
-        raise ConfigError(
-            "task.class_balance.loss_type logit_adjusted balances the classes itself (Balanced Softmax) and takes no "
-            "class weights: set task.class_balance.weighting.scheme none (and weights empty)"
-        )
     tau = balance.logit_adjustment_tau
     if tau is None or not tau >= 0 or tau == float("inf"):
         raise ConfigError(
