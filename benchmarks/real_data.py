@@ -523,7 +523,8 @@ def main(argv=None) -> int:
             )
         print(f"{len(todo)} runs to do; results in {args.results}")
         return 0
-    prepare_data(args.data, args.out)  # once, before the runs
+    if todo:  # with every run done, only the summary is rewritten: no data needed
+        prepare_data(args.data, args.out)  # once, before the runs
     options = ["--data", args.data, "--out", args.out, "--results", args.results, "--steps", str(args.steps)]
     options += ["--input-size", str(args.input_size)]
 
