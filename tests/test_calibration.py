@@ -190,21 +190,33 @@ def _calibration(model_dir, gamma):
 
 @pytest.mark.slow
 def test_gamma_zero_leaves_every_score_unchanged_and_gamma_changes_them(model_dir):
-    from tfmaskrcnn.serving.detector import CheckpointDetector
     from tfmaskrcnn.serving.export import sample_images
 
-    detector = CheckpointDetector.from_model_dir(model_dir["model_dir"], calibration=None)
+    detector = model_dir["detector"]  # shared: its calibration is put back to none at the end
     images = sample_images(seed=4)
     plain = [detector(image) for image in images]
-    detector.calibrate(_calibration(model_dir["model_dir"], 0.0))
-    for image, expected in zip(images, plain):
-        got = detector(image)
-        for key in ("scores", "classes", "boxes", "masks"):
-            assert np.array_equal(got[key], expected[key]), key
-    detector.calibrate(_calibration(model_dir["model_dir"], 1.0))
-    assert not np.array_equal(detector(images[0])["scores"], plain[0]["scores"])
-    detector.calibrate(None)
+    try:
+        detector.calibrate(_calibration(model_dir["model_dir"], 0.0))
+        for image, expected in zip(images, plain):
+            got = detector(image)
+            for key in ("scores", "classes", "boxes", "masks"):
+                assert np.array_equal(got[key], expected[key]), key
+        detector.calibrate(_calibration(model_dir["model_dir"], 1.0))
+        assert not np.array_equal(detector(images[0])["scores"], plain[0]["scores"])
+    finally:
+        detector.calibrate(None)
     assert np.array_equal(detector(images[0])["scores"], plain[0]["scores"])
+
+
+def _calibrated_and_plain(detector, calibration, images) -> tuple:
+    """The shared in-memory detector's outputs on `images` calibrated, then as trained (its
+    weights are the model dir's checkpoint; its calibration is put back to none)."""
+    detector.calibrate(calibration)
+    try:
+        calibrated = [detector(image) for image in images]
+    finally:
+        detector.calibrate(None)
+    return calibrated, [detector(image) for image in images]
 
 
 @pytest.mark.slow
@@ -245,19 +257,17 @@ def test_calibrate_writes_calibration_json_and_eval_applies_it(model_dir, capsys
     try:
         results = inference.detections_from_model(model_dir=directory, data=val, progress=True)
         assert "NorCal calibration applied: gamma 1" in capsys.readouterr().err
-        detector = inference.CheckpointDetector.from_model_dir(directory, calibration=_calibration(directory, 1.0))
-        plain = inference.CheckpointDetector.from_model_dir(directory, calibration=None)
         first = next(r for r in results)
         image_results = [r for r in results if r["image_id"] == first["image_id"]]
         for _, _, example in decoded_examples(val, include_mask=False, include_image=True):
             if int(example["source_id"]) == first["image_id"]:
                 image = example["image"]
                 break
-        calibrated_scores = detector(image)["scores"]
+        (calibrated,), (plain,) = _calibrated_and_plain(model_dir["detector"], _calibration(directory, 1.0), [image])
         np.testing.assert_allclose(
-            sorted(r["score"] for r in image_results), sorted(calibrated_scores), atol=6e-6
+            sorted(r["score"] for r in image_results), sorted(calibrated["scores"]), atol=6e-6
         )  # COCO results keep 5 decimals
-        assert not np.allclose(sorted(plain(image)["scores"]), sorted(calibrated_scores))
+        assert not np.allclose(sorted(plain["scores"]), sorted(calibrated["scores"]))
     finally:
         os.remove(os.path.join(directory, norcal.CALIBRATION_FILENAME))
 
@@ -280,10 +290,9 @@ def test_calibrated_savedmodel_equals_calibrated_checkpoint(model_dir):
     assert saved.calibration == calibration
     with open(os.path.join(export_dir, export.REPORT_FILENAME)) as f:
         assert json.load(f)["calibration"]["gamma"] == 1.0
-    in_process = inference.CheckpointDetector.from_model_dir(directory, calibration=calibration)
-    plain = inference.CheckpointDetector.from_model_dir(directory, calibration=None)
+    in_process, plain = _calibrated_and_plain(model_dir["detector"], calibration, images)
     for index, image in enumerate(images):
-        expected, got = in_process(image), saved(image)
-        compare_detections(expected, got, f"image {index}")
+        got = saved(image)
+        compare_detections(in_process[index], got, f"image {index}")
         assert len(got["scores"]) > 0
-    assert not np.allclose(np.sort(plain(images[0])["scores"]), np.sort(saved(images[0])["scores"]))
+    assert not np.allclose(np.sort(plain[0]["scores"]), np.sort(saved(images[0])["scores"]))

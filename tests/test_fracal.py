@@ -255,8 +255,12 @@ def test_calibrate_fracal_end_to_end_eval_and_export_apply_it(untrained_model_di
     with open(os.path.join(export_dir, export.REPORT_FILENAME)) as f:
         report = json.load(f)["calibration"]
     assert report["method"] == "fracal" and report["fractal_dimensions"] == calibration.fractal_dimensions
-    in_process = inference.CheckpointDetector.from_model_dir(directory, calibration=calibration)
-    plain = inference.CheckpointDetector.from_model_dir(directory, calibration=None)
-    for index, image in enumerate(images):
-        compare_detections(in_process(image), saved(image), f"image {index}")
-    assert not np.allclose(np.sort(plain(images[0])["scores"]), np.sort(saved(images[0])["scores"]))
+    # The shared in-memory detector holds the checkpoint's weights: calibrated, then put back.
+    detector = untrained_model_dir["detector"]
+    detector.calibrate(calibration)
+    try:
+        for index, image in enumerate(images):
+            compare_detections(detector(image), saved(image), f"image {index}")
+    finally:
+        detector.calibrate(None)
+    assert not np.allclose(np.sort(detector(images[0])["scores"]), np.sort(saved(images[0])["scores"]))
