@@ -18,7 +18,8 @@ import textwrap
 import numpy as np
 import pytest
 
-PHOTO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "coco_tiny", "val2017", "000000056344.jpg")
+PHOTOS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "coco_tiny", "val2017")
+PHOTO = os.path.join(PHOTOS, "000000056344.jpg")  # tried first; the fixture takes another if it must
 CLASS_COUNTS = [20, 5, 1]  # NorCal shifts: -1.5, -0.8, 0 (γ 0.5): the classes' scores move apart
 GAMMA = 0.5
 SCORE_TOL = 1e-3  # the export verification's: a score this close to its threshold may fall either side
@@ -92,12 +93,38 @@ def test_compare_detections_leaves_out_only_scores_at_the_threshold():
 # ---------------------------------------------------------------- the exported SavedModel
 
 
-def _photo_pixels() -> np.ndarray:
+def _photo_pixels(path: str = PHOTO) -> np.ndarray:
     """The photo as the image_bytes signature decodes it (TF's JPEG decoder), for every comparison."""
     import tensorflow as tf
 
-    with open(PHOTO, "rb") as f:
+    with open(path, "rb") as f:
         return tf.io.decode_image(f.read(), channels=3).numpy()
+
+
+def _split_classes(raw: dict, expected: dict) -> list:
+    """The classes of which the thresholds keep some detections and drop others."""
+    return [
+        c for c in set(raw["classes"].tolist()) if 0 < (expected["classes"] == c).sum() < (raw["classes"] == c).sum()
+    ]
+
+
+def _photo_whose_thresholds_split_two_classes(detector, num_classes: int) -> tuple:
+    """(path, pixels, raw detections, thresholds): PHOTO, or the first other COCO photo on which
+    the thresholds chosen between the (calibrated) detector's scores split at least two classes.
+    What the untrained model detects on one photo may not allow it; the tests need it somewhere."""
+    from tfmaskrcnn.serving.detector import keep_decisions
+
+    tried = []
+    for name in [os.path.basename(PHOTO)] + sorted(set(os.listdir(PHOTOS)) - {os.path.basename(PHOTO)}):
+        path = os.path.join(PHOTOS, name)
+        pixels = _photo_pixels(path)
+        raw = detector(pixels)
+        thresholds = _thresholds_between_scores(raw, num_classes)
+        expected = keep_decisions(raw, thresholds)
+        if len(_split_classes(raw, expected)) >= 2 and 0 < len(expected["scores"]) < len(raw["scores"]):
+            return path, pixels, raw, thresholds
+        tried.append((name, np.bincount(raw["classes"], minlength=num_classes + 1).tolist(), thresholds))
+    pytest.fail(f"no photo gives two classes to split: (photo, detections per class, thresholds) {tried}")
 
 
 def _thresholds_between_scores(detections: dict, num_classes: int) -> list:
@@ -128,21 +155,18 @@ def thresholded(untrained_model_dir, tmp_path_factory):
     model_dir = copy_run(untrained_model_dir["model_dir"], root / "model")
     detector = untrained_model_dir["detector"]  # shared: its calibration is put back below
     names = list(detector.label_map.names)
-    photo = _photo_pixels()
     gamma_only = norcal.Calibration(gamma=GAMMA, class_names=names, class_counts=CLASS_COUNTS)
-    # `--verify_images` reads the photo with Pillow (then PNG, lossless, to every signature): its
-    # pixels may differ from TF's JPEG decoder by a level here and there, so its own detections.
     from PIL import Image
 
-    with Image.open(PHOTO) as image:
-        verify_pixels = np.asarray(image.convert("RGB"))
     try:
         detector.calibrate(gamma_only)
-        raw = detector(photo)
-        raw_verified = detector(verify_pixels)
+        photo_path, photo, raw, thresholds = _photo_whose_thresholds_split_two_classes(detector, len(names))
+        # `--verify_images` reads the photo with Pillow (then PNG, lossless, to every signature): its
+        # pixels may differ from TF's JPEG decoder by a level here and there, so its own detections.
+        with Image.open(photo_path) as image:
+            raw_verified = detector(np.asarray(image.convert("RGB")))
     finally:
         detector.calibrate(None)
-    thresholds = _thresholds_between_scores(raw, len(names))
     expected = keep_decisions(raw, thresholds)
     calibration = norcal.Calibration(
         gamma=GAMMA, class_names=names, class_counts=CLASS_COUNTS, score_thresholds=thresholds
@@ -152,11 +176,12 @@ def thresholded(untrained_model_dir, tmp_path_factory):
     for name, extra in (("decisions", []), ("raw", ["--no_thresholds"])):
         exports[name] = str(root / name)
         argv = ["export", "--model_dir", model_dir, "--export_dir", exports[name], "--input_type", "image_bytes"]
-        assert cli(argv + ["--verify_images", PHOTO] + extra) == 0
+        assert cli(argv + ["--verify_images", photo_path] + extra) == 0
     return {
         "model_dir": model_dir,
         "exports": exports,
         "photo": photo,
+        "photo_path": photo_path,
         "raw": raw,
         "expected": expected,
         "raw_verified": raw_verified,
@@ -170,9 +195,7 @@ def test_chosen_thresholds_split_every_detected_class(thresholded):
     # The fixture's premise: on the photo, the thresholds keep some detections and drop others.
     raw, expected = thresholded["raw"], thresholded["expected"]
     assert 0 < len(expected["scores"]) < len(raw["scores"])
-    split = [
-        c for c in set(raw["classes"].tolist()) if 0 < (expected["classes"] == c).sum() < (raw["classes"] == c).sum()
-    ]
+    split = _split_classes(raw, expected)
     assert len(split) >= 2, (thresholded["thresholds"], raw["classes"].tolist())
 
 
@@ -206,10 +229,17 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _fresh_process(export_dir: str, photo: np.ndarray, tmp_path) -> dict:
-    np.save(tmp_path / "pixels.npy", photo)
+def _fresh_process(export_dir: str, thresholded: dict, tmp_path) -> dict:
+    np.save(tmp_path / "pixels.npy", thresholded["photo"])
     run = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS_SCRIPT, export_dir, PHOTO, str(tmp_path / "pixels.npy")],
+        [
+            sys.executable,
+            "-c",
+            FRESH_PROCESS_SCRIPT,
+            export_dir,
+            thresholded["photo_path"],
+            str(tmp_path / "pixels.npy"),
+        ],
         capture_output=True,
         text=True,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
@@ -223,7 +253,7 @@ def _fresh_process(export_dir: str, photo: np.ndarray, tmp_path) -> dict:
 @pytest.mark.slow
 def test_savedmodel_in_a_fresh_process_returns_the_checkpoints_decisions_on_a_photo(thresholded, tmp_path):
     expected, thresholds = thresholded["expected"], thresholded["thresholds"]
-    report = _fresh_process(thresholded["exports"]["decisions"], thresholded["photo"], tmp_path)
+    report = _fresh_process(thresholded["exports"]["decisions"], thresholded, tmp_path)
     np.testing.assert_allclose(report["thresholds"], thresholds, atol=1e-6)
     assert report["calibration_asset"]["score_thresholds"] == thresholds
     assert report["calibration_asset"]["gamma"] == GAMMA
@@ -256,7 +286,7 @@ def test_export_report_and_verification_count_the_decisions(thresholded):
 @pytest.mark.slow
 def test_no_thresholds_exports_raw_scores_and_keeps_the_thresholds_in_the_asset(thresholded, tmp_path):
     raw = thresholded["raw"]
-    report = _fresh_process(thresholded["exports"]["raw"], thresholded["photo"], tmp_path)
+    report = _fresh_process(thresholded["exports"]["raw"], thresholded, tmp_path)
     assert report["thresholds"] is None  # no variable: nothing applied in the graph
     assert report["calibration_asset"]["score_thresholds"] == thresholded["thresholds"]
     out = report["outputs"]["image_tensor"]
@@ -274,7 +304,14 @@ def test_predict_writes_the_decisions_of_a_thresholded_export(thresholded, tmp_p
     parser = argparse.ArgumentParser()
     predict.add_arguments(parser)
     args = parser.parse_args(
-        ["--saved_model", thresholded["exports"]["decisions"], PHOTO, "--output", str(tmp_path), "--quiet"]
+        [
+            "--saved_model",
+            thresholded["exports"]["decisions"],
+            thresholded["photo_path"],
+            "--output",
+            str(tmp_path),
+            "--quiet",
+        ]
     )
     assert predict.main(args) == 0
     assert "per-class score thresholds of the export" in capsys.readouterr().out
@@ -291,7 +328,8 @@ def test_predict_writes_the_decisions_of_a_thresholded_export(thresholded, tmp_p
     gap = max(range(1, len(scores) // 2 + 1), key=lambda i: scores[i - 1] - scores[i])
     floor = float(scores[gap - 1] + scores[gap]) / 2
     args = parser.parse_args(
-        ["--saved_model", thresholded["exports"]["decisions"], PHOTO, "--output", str(tmp_path / "floor")]
+        ["--saved_model", thresholded["exports"]["decisions"], thresholded["photo_path"]]
+        + ["--output", str(tmp_path / "floor")]
         + ["--score_threshold", str(floor), "--quiet", "--no_overlays"]
     )
     assert predict.main(args) == 0
