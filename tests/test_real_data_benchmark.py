@@ -69,6 +69,21 @@ def test_plan_skips_runs_whose_results_exist(real_data, tmp_path, capsys):
     assert not (tmp_path / "out").exists()  # planning converts and trains nothing
 
 
+def test_with_every_run_done_the_summary_is_rewritten_without_the_data(real_data, tmp_path):
+    import shutil
+
+    committed = REPO_ROOT / "benchmarks" / "results" / "real_data" / "1000steps"
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in ("scratch_seed0.json", "stock_seed0.json"):
+        shutil.copy(committed / name, results / name)
+    argv = ["--data", str(tmp_path / "not_here"), "--out", str(tmp_path / "out"), "--results", str(results)]
+    assert real_data.main(argv + ["--groups", "pretrain", "--seeds", "0", "--steps", "1000"]) == 0
+    summary = (results / "summary.md").read_text()
+    assert "| scratch | 1 |" in summary and "| stock | 1 |" in summary
+    assert not (tmp_path / "out").exists()  # nothing converted: the data folder is not needed
+
+
 def test_subsets_hold_only_the_chosen_classes_at_the_asked_shares(real_data):
     coco = _train_coco()
     classes = real_data.choose_subset_classes(coco)
