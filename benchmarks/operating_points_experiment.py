@@ -2,11 +2,12 @@
 """Per-class operating points on the 5-class shapes benchmark: one global threshold vs one per class.
 
   nice -n 10 python benchmarks/operating_points_experiment.py --steps 1000 --seeds 0 1 2 \\
-      --settings stock both_norcal
+      --settings stock both_norcal both_norcal_balance
 
 For each setting and seed: the run of `class_balance_experiment.py` (trained in its own process
-at the demo's budget, 1,000 steps; `both_norcal` is the recommended recipe: sqrt-inverse weights
-+ repeat-factor sampling + NorCal with γ chosen by AP on a held-out balanced split), then
+at the demo's budget, 1,000 steps; `both_norcal_balance` is the recommended recipe: sqrt-inverse
+weights + repeat-factor sampling + NorCal with γ chosen by the operating point on a held-out
+balanced split, `both_norcal` the same with γ chosen by AP), then
 `tfmaskrcnn calibrate --thresholds f1` at the run's γ on that same held-out split (the balanced
 validation split of another data seed: never the split measured on), then, on the validation
 split, per-class precision / recall / F1 and the collapse alarm twice from one set of
@@ -39,7 +40,7 @@ GLOBAL_THRESHOLD = balance.CONFIDENT  # 0.5: the demo's and the benchmark's oper
 RULE = "f1"
 MIX = "five"
 # setting -> the class_balance_experiment setting whose model dir it measures.
-SETTINGS = {"stock": "stock", "both_norcal": "both_norcal"}
+SETTINGS = {"stock": "stock", "both_norcal": "both_norcal", "both_norcal_balance": "both_norcal_balance"}
 
 
 def _run_dir(output: str, steps: int, setting: str, seed: int) -> str:
@@ -50,7 +51,7 @@ def train(args, setting: str, seed: int) -> str:
     """The class_balance_experiment run (its own process), unless its model dir has a checkpoint."""
     model_dir = _run_dir(args.output, args.steps, SETTINGS[setting], seed)
     if not os.path.exists(os.path.join(model_dir, "checkpoint")) or (
-        setting == "both_norcal" and not os.path.exists(os.path.join(model_dir, "calibration.json"))
+        "norcal" in setting and not os.path.exists(os.path.join(model_dir, "calibration.json"))
     ):
         subprocess.run(
             [sys.executable, os.path.join(HERE, "class_balance_experiment.py"), "--output", args.output]
@@ -139,6 +140,7 @@ def run_one(args, setting: str, seed: int) -> dict:
         output=os.path.join(model_dir, "calibration_thresholds.json"),
         progress=False,
         thresholds=RULE,
+        evidence=args.evidence,
     )
     result = {
         "setting": setting,
@@ -146,6 +148,7 @@ def run_one(args, setting: str, seed: int) -> dict:
         "steps": args.steps,
         "gamma": gamma,
         "rule": RULE,
+        "evidence": args.evidence,
         "held_out": held_out,
         "validation": records["val"],
         "score_thresholds": fitted.score_thresholds,
@@ -204,6 +207,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=1000, help="training steps (default: the demo's 1000)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--evidence", type=float, default=0.95, help="calibrate --evidence (default 0.95)")
     parser.add_argument("--summary", action="store_true", help="only print the table of the runs done")
     args = parser.parse_args()
     args.results = args.results or os.path.join(

@@ -1,5 +1,5 @@
 """Per-class thresholds on hand-made score lists: the F1 point, precision and recall targets, the
-rare-class fallback, and COCO's matching read back from a real pycocotools COCOeval."""
+rare-class fallback, and the fit over classes counted as `eval` counts."""
 
 from __future__ import annotations
 
@@ -97,33 +97,90 @@ def test_keep_mask_uses_each_class_threshold():
         op.keep_mask(np.array([0.3]), np.array([4]), [0.2, 0.95, 0.5])
 
 
-def test_matches_are_cocos_with_crowd_ignored():
-    from tfmaskrcnn.evaluation import per_class
-    from tfmaskrcnn.evaluation.evaluator import results_coco
+def _one_object_per_image(objects, detections):
+    """A COCO ground truth with one 10x10 object per image, and detections on those objects.
+
+    objects: class id per image (image ids 1..); detections: (image id, class id, score)."""
     from tfmaskrcnn.evaluation.groundtruth import coco_from_dataset
 
-    box = lambda x: [x, 0.0, 10.0, 10.0]  # noqa: E731
-    annotations = [
-        {"id": 1, "image_id": 1, "category_id": 1, "bbox": box(0), "area": 100, "iscrowd": 0},
-        {"id": 2, "image_id": 1, "category_id": 1, "bbox": box(50), "area": 100, "iscrowd": 0},
-        {"id": 3, "image_id": 1, "category_id": 1, "bbox": [100.0, 0.0, 40.0, 40.0], "area": 1600, "iscrowd": 1},
-        {"id": 4, "image_id": 2, "category_id": 2, "bbox": box(0), "area": 100, "iscrowd": 0},
-    ]
+    box = [0.0, 0.0, 10.0, 10.0]
     gt = coco_from_dataset(
         {
-            "images": [{"id": 1, "height": 200, "width": 200}, {"id": 2, "height": 200, "width": 200}],
-            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
-            "annotations": annotations,
+            "images": [{"id": i, "height": 20, "width": 20} for i in range(1, len(objects) + 1)],
+            "categories": [{"id": 1, "name": "b"}, {"id": 2, "name": "a"}],
+            "annotations": [
+                {"id": i, "image_id": i, "category_id": c, "bbox": box, "area": 100, "iscrowd": 0}
+                for i, c in enumerate(objects, start=1)
+            ],
         }
     )
-    detections = [
-        {"image_id": 1, "category_id": 1, "bbox": box(0), "score": 0.9},  # object 1
-        {"image_id": 1, "category_id": 1, "bbox": box(1), "score": 0.8},  # object 1 again: a duplicate
-        {"image_id": 1, "category_id": 1, "bbox": [105.0, 5.0, 10.0, 10.0], "score": 0.7},  # inside the crowd
-        {"image_id": 1, "category_id": 2, "bbox": box(50), "score": 0.6},  # object 2, wrong class
-        {"image_id": 2, "category_id": 2, "bbox": box(0), "score": 0.5},  # object 4
-    ]
-    coco_eval, _ = per_class.run_coco_eval(gt, results_coco(gt, detections), "bbox")
-    matches = op.matches_from_coco_eval(coco_eval)
-    assert matches[1] == {"scores": [0.9, 0.8], "matched": [True, False], "num_objects": 2}
-    assert matches[2] == {"scores": [0.6, 0.5], "matched": [False, True], "num_objects": 1}
+    return gt, [{"image_id": i, "category_id": c, "bbox": box, "score": s} for i, c, s in detections]
+
+
+def test_thresholds_are_fitted_as_eval_counts_and_lower_no_other_class():
+    from tfmaskrcnn.evaluation.confusion import MatchTable, detection_confusion, precision_recall_f1
+
+    # Images 1-3 hold an object of class b (id 1), images 4-6 one of class a (id 2).
+    gt, detections = _one_object_per_image(
+        [1, 1, 1, 2, 2, 2],
+        [
+            (1, 1, 0.9), (2, 1, 0.8), (3, 1, 0.3),  # b finds B1, B2, and B3 at a low score
+            (3, 2, 0.43),  # ... where a wrong "a" outscores it: counted as eval counts, it takes B3
+            (6, 2, 0.9), (4, 2, 0.45), (5, 2, 0.42),  # a finds A3, A1, A2
+        ],
+    )  # fmt: skip
+    # At the global 0.5: b keeps 0.9, 0.8 (P 1, R 2/3, F1 0.8); a keeps 0.9 (P 1, R 1/3, F1 0.5).
+    # b goes first: at 0.3 it finds all three (F1 1). a's own best is 0.42 (4 kept, 3 right: F1
+    # 6/7), but that keeps the wrong 0.43 on B3, which takes B3 from b's 0.3: b's F1 would fall to
+    # 4/6 < 0.8, its F1 at the global threshold. So a takes its best point that harms no one: 0.45
+    # (2 of 2 right, R 2/3, F1 0.8). Counted per class (COCO's matching), b would get 0.3 and a 0.42,
+    # and eval would then report b's F1 at 0.67, below the 0.8 of the global threshold.
+    table = MatchTable(gt, detections, [1, 2])
+    details = op.fit_thresholds(table, op.parse_rule("f1"), global_threshold=0.5, min_objects=1, evidence=0)
+    assert [d["threshold"] for d in details] == [0.3, 0.45]
+    assert [d["f1"] for d in details] == [1.0, 0.8] and [d["global"]["f1"] for d in details] == [0.8, 0.5]
+    assert [d["num_detections"] for d in details] == [3, 2] and not any(d["fallback"] for d in details)
+    # The held-out numbers are eval's own at those thresholds.
+    confusion = detection_confusion(gt, detections, class_thresholds={1: 0.3, 2: 0.45})
+    precision, recall, f1 = precision_recall_f1(confusion.matrix)
+    for k, detail in enumerate(details):
+        assert (detail["precision"], detail["recall"], detail["f1"]) == pytest.approx(
+            (precision[k], recall[k], f1[k]), abs=1e-4
+        )
+    per_class_best = detection_confusion(gt, detections, class_thresholds={1: 0.3, 2: 0.42})
+    assert precision_recall_f1(per_class_best.matrix)[2][0] == pytest.approx(2 / 3)
+
+    # A precision target is met on the same count: a at 0.42 keeps 3 right of 4 (0.75).
+    details = op.fit_thresholds(table, op.parse_rule("precision:0.75"), global_threshold=0.5, min_objects=1)
+    assert details[1]["threshold"] == 0.45 and details[1]["precision"] == 1.0  # 0.42 would lower b's F1
+
+
+def test_a_threshold_moves_only_where_the_detections_between_bear_it_out():
+    from tfmaskrcnn.evaluation.confusion import MatchTable
+
+    # 30 objects of each class, one per image. b: every object found at 0.4 (none at the global
+    # 0.5): F1 0 -> 1 on 30 detections, all right. a: 20 found at 0.9 and one more at 0.3: F1 0.8
+    # -> 0.82 on one detection, whose precision (1 of 1) is at least 0.27 at 95% (Wilson), not the
+    # 0.4 (half of F1 0.8) that adding it needs.
+    objects = [1] * 30 + [2] * 30
+    found = [(i, 1, 0.4) for i in range(1, 31)] + [(i, 2, 0.9) for i in range(31, 51)] + [(51, 2, 0.3)]
+    gt, detections = _one_object_per_image(objects, found)
+    details = op.fit_thresholds(MatchTable(gt, detections, [1, 2]), op.parse_rule("f1"), 0.5, min_objects=1)
+    assert details[0]["threshold"] == 0.4 and details[0]["f1"] == 1.0 and not details[0]["fallback"]
+    assert details[1]["threshold"] == 0.5 and details[1]["fallback"]
+    assert "its f1 point (0.300) rests on 1 detection scored 0.300-0.500, 1 right" in details[1]["reason"]
+    assert "at least 0.27 at --evidence 0.95, not above 0.40" in details[1]["reason"]
+    weak = op.fit_thresholds(MatchTable(gt, detections, [1, 2]), op.parse_rule("f1"), 0.5, 1, evidence=0)
+    assert weak[1]["threshold"] == 0.3  # without the test, the one image decides
+
+
+def test_table_counts_once_and_equals_the_confusion_at_any_thresholds():
+    from tfmaskrcnn.evaluation.confusion import MatchTable, detection_confusion
+
+    gt, detections = _one_object_per_image(
+        [1, 2, 2], [(1, 1, 0.9), (1, 2, 0.6), (2, 2, 0.55), (2, 1, 0.7), (3, 1, 0.2)]
+    )
+    table = MatchTable(gt, detections, [1, 2])
+    for thresholds in ([0.5, 0.5], [0.1, 0.6], [0.8, 0.1], [0.0, 0.0]):
+        expected = detection_confusion(gt, detections, class_thresholds={1: thresholds[0], 2: thresholds[1]})
+        np.testing.assert_array_equal(table.confusion(table.keep(thresholds), 0.5).matrix, expected.matrix)

@@ -22,9 +22,13 @@ calibration.json; `tfmaskrcnn eval --model_dir`, the checkpoint detector and `tf
 
 Per-class operating points (`--thresholds f1 | precision:P | recall:R`, after NorCal, or alone with
 `--gammas 0`): with the chosen γ, each class gets its own score threshold from its precision / recall
-curve on --data (COCO's matching per class at IoU 0.5 on masks, or boxes with `--match bbox`; crowd
-regions ignored; see `tfmaskrcnn.evaluation.operating_points`). A class with fewer than
---min-objects objects there, or whose target is not reached, keeps --score_threshold and says why.
+curve on --data, counted as `tfmaskrcnn eval` counts precision and recall (class-agnostic matching at
+IoU 0.5 on boxes, or on masks with `--match segm` as `eval --iou-type segm`; crowd regions ignored):
+a confident detection of the wrong class takes the object from the right one. Classes take turns,
+none may lower another's F1 below its F1 at the global threshold, and with `f1` a class moves only
+where the held-out detections scored between the two thresholds bear the gain out at confidence
+--evidence (`tfmaskrcnn.evaluation.operating_points`). A class with fewer than --min-objects objects there,
+whose target is not reached, or whose gain is not borne out keeps --score_threshold and says why.
 calibration.json gets `score_thresholds` (class order) and, per class, the held-out precision,
 recall, F1 and number of objects; eval measures at them, export bakes them into the SavedModel.
 
@@ -77,6 +81,7 @@ def calibrate(
     select: str = "ap",
     thresholds: Optional[str] = None,
     min_objects: int = operating_points.DEFAULT_MIN_OBJECTS,
+    evidence: float = operating_points.DEFAULT_EVIDENCE,
     match: Optional[str] = None,
     counts: str = "image",
     method: str = "norcal",
@@ -85,8 +90,9 @@ def calibrate(
 
     select: "ap" (best mean per-class AP) or "balance" (the operating point first; see norcal.choose_gamma).
     thresholds: a rule ("f1", "precision:P", "recall:R") for per-class score thresholds fitted at the
-    chosen γ; min_objects: fewer objects of a class in `data` keep score_threshold; match: "segm"
-    (mask IoU, the default when the model has masks) or "bbox". counts: what N_c counts, "image" (the
+    chosen γ; min_objects: fewer objects of a class in `data` keep score_threshold; evidence: with f1, the
+    confidence that a class's F1 gain is real (operating_points.band_doubt; 0: off); match: "bbox"
+    (box IoU, the default, as eval's) or "segm" (mask IoU). counts: what N_c counts, "image" (the
     NorCal reference's) or "instance". method: "norcal" or "fracal"; `gammas` are then FRACAL's λ
     (default fracal.DEFAULT_LAMBDAS)."""
     if method not in norcal.METHODS:
@@ -100,6 +106,8 @@ def calibrate(
     rule = operating_points.parse_rule(thresholds) if thresholds else None
     if min_objects < 1:
         raise ValueError(f"--min-objects {min_objects}: give at least 1")
+    if not 0.0 <= evidence < 1.0:
+        raise ValueError(f"--evidence {evidence}: a confidence in [0, 1), e.g. 0.99 (0 turns the test off)")
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"--score_threshold {score_threshold}: a score in [0, 1]")
     from tqdm import tqdm
@@ -135,7 +143,7 @@ def calibrate(
     if method == "fracal":
         spatial = fracal_statistics(params, stats, counted_by, train_data)
     include_mask = bool(params.task.model.include_mask)
-    match = match or ("segm" if include_mask else "bbox")
+    match = match or "bbox"  # eval's default --iou-type: the count the report shows
     if match == "segm" and not include_mask:
         raise ValueError("--match segm needs a model with masks (task.model.include_mask); use --match bbox")
     data_files = [os.path.abspath(f) if "://" not in f else f for f in tfrecord_files(data)]
@@ -200,7 +208,14 @@ def calibrate(
     )
     if rule is not None:
         fit_thresholds(
-            result, coco_gt, detections_by_gamma[float(chosen)], label_map, rule, score_threshold, min_objects, match
+            result,
+            coco_gt,
+            detections_by_gamma[float(chosen)],
+            label_map,
+            rule,
+            score_threshold,
+            (min_objects, evidence),
+            match,
         )
     norcal.save(result, output or os.path.join(model_dir, norcal.CALIBRATION_FILENAME))
     return result
@@ -239,22 +254,21 @@ def fracal_statistics(params, stats, counted_by: str, train_data: Optional[str] 
     }
 
 
-def fit_thresholds(calibration, coco_gt, detections, label_map, rule, global_threshold, min_objects, match) -> None:
-    """Per-class thresholds by `rule` on the held-out detections of the chosen γ, into `calibration`."""
-    from tfmaskrcnn.evaluation import per_class
-    from tfmaskrcnn.evaluation.evaluate import evaluate
-    from tfmaskrcnn.evaluation.evaluator import results_coco
+def fit_thresholds(calibration, coco_gt, detections, label_map, rule, global_threshold, guards, match) -> None:
+    """Per-class thresholds by `rule` on the held-out detections of the chosen γ, into `calibration`.
 
-    # pycocotools (not faster-coco-eval): its evalImgs hold the per-detection matches.
-    coco_eval, _ = per_class.run_coco_eval(coco_gt, results_coco(coco_gt, detections), match)
-    matches = operating_points.matches_from_coco_eval(coco_eval)
-    details = []
-    for class_id in range(1, label_map.num_classes + 1):
-        found = matches.get(class_id, {"scores": [], "matched": [], "num_objects": 0})
-        detail = operating_points.choose_threshold(
-            found["scores"], found["matched"], found["num_objects"], rule, global_threshold, min_objects
+    guards: (min_objects, evidence), as operating_points.fit_thresholds takes them."""
+    from tfmaskrcnn.evaluation.confusion import MatchTable
+    from tfmaskrcnn.evaluation.evaluate import evaluate
+
+    # Counted as `tfmaskrcnn eval --iou-type MATCH` counts: class-agnostic matching, every detection.
+    table = MatchTable(coco_gt, detections, range(1, label_map.num_classes + 1), operating_points.MATCH_IOU, match)
+    details = [
+        {"class": label_map.name(class_id), **detail}
+        for class_id, detail in enumerate(
+            operating_points.fit_thresholds(table, rule, global_threshold, *guards), start=1
         )
-        details.append({"class": label_map.name(class_id), **detail})
+    ]
     calibration.score_thresholds = [d["threshold"] for d in details]
     calibration.threshold_details = details
     at_thresholds = evaluate(
@@ -268,8 +282,10 @@ def fit_thresholds(calibration, coco_gt, detections, label_map, rule, global_thr
     at_global = next(row for row in calibration.table if row["gamma"] == calibration.gamma)
     calibration.threshold_fit = {
         "rule": str(rule),
-        "match": f"per class, COCO greedy by score, {match} IoU >= {operating_points.MATCH_IOU}, crowd ignored",
-        "min_objects": min_objects,
+        "match": f"as `tfmaskrcnn eval --iou-type {match}` counts: class-agnostic, greedy by score, {match} IoU >= "
+        f"{operating_points.MATCH_IOU}, crowd ignored",
+        "min_objects": guards[0],
+        "evidence": guards[1] if rule.kind == "f1" else None,
         "global_threshold": global_threshold,
         "fallbacks": [d["class"] for d in details if d["fallback"]],
         "alarm_at_global_threshold": at_global["operating_point"]["alarm"],
@@ -403,9 +419,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {operating_points.DEFAULT_MIN_OBJECTS})",
     )
     parser.add_argument(
+        "--evidence",
+        type=float,
+        default=operating_points.DEFAULT_EVIDENCE,
+        help="with --thresholds f1, a class leaves --score_threshold only where the --data detections scored "
+        "between the two raise its F1 at this confidence (default "
+        f"{operating_points.DEFAULT_EVIDENCE:g}; 0 turns the test off)",
+    )
+    parser.add_argument(
         "--match",
         choices=("segm", "bbox"),
-        help="IoU that matches detections to objects for --thresholds: segm (masks, the default for mask models) or bbox",
+        help="IoU that matches detections to objects for --thresholds, as eval's --iou-type: bbox (default) or segm",
     )
     parser.add_argument(
         "--counts",
@@ -440,6 +464,7 @@ def main(args: argparse.Namespace) -> int:
             select=args.select,
             thresholds=args.thresholds,
             min_objects=args.min_objects,
+            evidence=args.evidence,
             match=args.match,
             counts=args.counts,
         )

@@ -115,6 +115,159 @@ def _iou(dets: list, gts: list, crowd: Sequence[bool]) -> np.ndarray:
     return np.asarray(mask_utils.iou(dets, gts, [int(c) for c in crowd])).reshape(len(dets), len(gts))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Image:
+    image_id: int
+    detections: np.ndarray  # [D] rows of the table's detection arrays, by descending score
+    ious: np.ndarray  # [D, G] IoU with each non-crowd object
+    gt_class: np.ndarray  # [G] class index of each object
+    on_crowd: np.ndarray  # [D] the detection covers a crowd region (ignored when it matches nothing)
+
+
+class MatchTable:
+    """Detections and objects of every image with their IoUs computed once; counts at any operating point.
+
+    `detection_confusion` counts one operating point; `tfmaskrcnn calibrate --thresholds` counts
+    hundreds while it chooses per-class thresholds, so the IoUs (the costly part) are computed once
+    for every detection with score >= min_score and each count re-runs only the greedy matching of
+    the detections kept. The arrays `scores`, `classes` (class index 0..K-1) and `image_of` hold one
+    entry per such detection; `keep` arrays index them.
+    """
+
+    def __init__(
+        self,
+        coco_gt: Any,
+        detections: Sequence[dict],
+        category_ids: Sequence[int] | None = None,
+        iou_threshold: float = 0.5,
+        iou_type: str = "bbox",
+        image_ids: Sequence[int] | None = None,
+        min_score: float = 0.0,
+    ):
+        if iou_type not in ("bbox", "segm"):
+            raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+        self.category_ids = tuple(
+            int(c) for c in (category_ids if category_ids is not None else sorted(coco_gt.getCatIds()))
+        )
+        self.iou_threshold, self.iou_type = float(iou_threshold), iou_type
+        index_of = {c: i for i, c in enumerate(self.category_ids)}
+        num_classes = len(self.category_ids)
+        known_images = set(coco_gt.imgs)
+
+        dets_by_image: dict[int, list[int]] = {}
+        for n, det in enumerate(detections):
+            if det["score"] < min_score:
+                continue
+            category = int(det["category_id"])
+            if category not in index_of:
+                raise ValueError(
+                    f"detection #{n} (image {det['image_id']}) has category_id {category}, which is not "
+                    f"a ground-truth category {list(self.category_ids)[:10]}...; map detection classes to the "
+                    "ground truth's ids (COCO JSON ids, or contiguous 1..K for TFRecords)"
+                )
+            if int(det["image_id"]) not in known_images:
+                raise ValueError(
+                    f"detection #{n} refers to image_id {det['image_id']}, which is not in the ground truth"
+                )
+            dets_by_image.setdefault(int(det["image_id"]), []).append(n)
+
+        scores, classes, image_of, objects_per_image = [], [], [], []
+        self.gt_instances = np.zeros(num_classes, dtype=np.int64)  # non-crowd objects per class
+        self.gt_images = np.zeros(num_classes, dtype=np.int64)  # images with at least one
+        self.images: list[_Image] = []
+        for image_id in [int(i) for i in (image_ids if image_ids is not None else coco_gt.getImgIds())]:
+            anns = [a for a in coco_gt.imgToAnns.get(image_id, []) if int(a["category_id"]) in index_of]
+            objects = [a for a in anns if not a.get("iscrowd", 0)]
+            crowds = [a for a in anns if a.get("iscrowd", 0)]
+            gt_class = np.array([index_of[int(a["category_id"])] for a in objects], dtype=np.int64)
+            np.add.at(self.gt_instances, gt_class, 1)
+            objects_per_image.append(np.bincount(gt_class, minlength=num_classes))
+            self.gt_images[np.unique(gt_class)] += 1
+
+            det_ids = sorted(dets_by_image.get(image_id, []), key=lambda n: -detections[n]["score"])
+            regions = [_detection_region(detections[n], iou_type, f"detection #{n}") for n in det_ids]
+            on_crowd = np.zeros(len(det_ids), dtype=bool)
+            if crowds and det_ids:
+                covers = _iou(regions, _regions(coco_gt, crowds, iou_type), [True] * len(crowds))
+                on_crowd = covers.max(axis=1) >= iou_threshold
+            rows = np.arange(len(scores), len(scores) + len(det_ids), dtype=np.int64)
+            scores += [float(detections[n]["score"]) for n in det_ids]
+            classes += [index_of[int(detections[n]["category_id"])] for n in det_ids]
+            image_of += [len(self.images)] * len(det_ids)
+            ious = _iou(regions, _regions(coco_gt, objects, iou_type), [False] * len(objects))
+            self.images.append(_Image(image_id, rows, ious, gt_class, on_crowd))
+        self.scores = np.asarray(scores, dtype=np.float64)
+        self.classes = np.asarray(classes, dtype=np.int64)
+        self.image_of = np.asarray(image_of, dtype=np.int64)  # position in self.images of each detection
+        # [images, K] non-crowd objects of each class per image (for resampling images)
+        self.objects_per_image = np.asarray(objects_per_image, np.int64).reshape(len(self.images), num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    def keep(self, thresholds: Sequence[float]) -> np.ndarray:
+        """Detections whose score reaches their class's threshold (thresholds in class-index order)."""
+        return self.scores >= np.asarray(thresholds, dtype=np.float64)[self.classes]
+
+    def matched_class(self, keep: np.ndarray) -> np.ndarray:
+        """Per detection: the class index of the object it matched, -1 if none (or not kept).
+
+        Class-agnostic greedy matching of the kept detections of each image, by descending score."""
+        out = np.full(self.scores.size, -1, dtype=np.int64)
+        for image in self.images:
+            kept = keep[image.detections]
+            matches = greedy_match(image.ious[kept], self.iou_threshold)
+            hit = matches >= 0
+            out[image.detections[kept][hit]] = image.gt_class[matches[hit]]
+        return out
+
+    def confusion(self, keep: np.ndarray, score_threshold: float) -> Confusion:
+        """The confusion matrix of the kept detections (score_threshold: recorded, for the report)."""
+        num_classes = self.num_classes
+        background = num_classes
+        pair_images, pair_true, pair_pred = [], [], []
+        for image in self.images:
+            kept = keep[image.detections]
+            det_class = self.classes[image.detections[kept]]
+            matches = greedy_match(image.ious[kept], self.iou_threshold)
+            matched_gt = np.zeros(image.gt_class.size, dtype=bool)
+            matched_gt[matches[matches >= 0]] = True
+            spurious = (matches < 0) & ~image.on_crowd[kept]
+            true = np.concatenate(
+                [
+                    image.gt_class[matches[matches >= 0]],
+                    image.gt_class[~matched_gt],
+                    np.full(int(spurious.sum()), background),
+                ]
+            )
+            pred = np.concatenate(
+                [det_class[matches >= 0], np.full(int((~matched_gt).sum()), background), det_class[spurious]]
+            )
+            pair_images.append(np.full(true.size, image.image_id, dtype=np.int64))
+            pair_true.append(true)
+            pair_pred.append(pred)
+
+        pair_images = np.concatenate(pair_images) if pair_images else np.zeros(0, np.int64)
+        pair_true = np.concatenate(pair_true).astype(np.int64) if pair_true else np.zeros(0, np.int64)
+        pair_pred = np.concatenate(pair_pred).astype(np.int64) if pair_pred else np.zeros(0, np.int64)
+        size = num_classes + 1
+        matrix = np.bincount(pair_true * size + pair_pred, minlength=size * size).reshape(size, size)
+        return Confusion(
+            self.category_ids,
+            matrix,
+            self.gt_instances.copy(),
+            self.gt_images.copy(),
+            np.bincount(self.classes[keep], minlength=num_classes).astype(np.int64),
+            pair_images,
+            pair_true,
+            pair_pred,
+            float(score_threshold),
+            self.iou_threshold,
+            self.iou_type,
+        )
+
+
 def detection_confusion(
     coco_gt: Any,
     detections: Sequence[dict],
@@ -133,85 +286,15 @@ def detection_confusion(
     class_thresholds: {category id: score} for the classes with their own operating point
     (`tfmaskrcnn calibrate --thresholds`); the others use score_threshold.
     """
-    if iou_type not in ("bbox", "segm"):
-        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
-    category_ids = tuple(int(c) for c in (category_ids if category_ids is not None else sorted(coco_gt.getCatIds())))
-    index_of = {c: i for i, c in enumerate(category_ids)}
-    num_classes = len(category_ids)
-    background = num_classes
-    image_ids = [int(i) for i in (image_ids if image_ids is not None else coco_gt.getImgIds())]
-    known_images = set(coco_gt.imgs)
-
-    dets_by_image: dict[int, list[int]] = {}
-    predicted = np.zeros(num_classes, dtype=np.int64)
-    thresholds = {int(c): float(t) for c, t in (class_thresholds or {}).items()}
-    for n, det in enumerate(detections):
-        category = int(det["category_id"])
-        if det["score"] < thresholds.get(category, score_threshold):
-            continue
-        if category not in index_of:
-            raise ValueError(
-                f"detection #{n} (image {det['image_id']}) has category_id {category}, which is not "
-                f"a ground-truth category {list(category_ids)[:10]}...; map detection classes to the "
-                "ground truth's ids (COCO JSON ids, or contiguous 1..K for TFRecords)"
-            )
-        if int(det["image_id"]) not in known_images:
-            raise ValueError(f"detection #{n} refers to image_id {det['image_id']}, which is not in the ground truth")
-        predicted[index_of[category]] += 1
-        dets_by_image.setdefault(int(det["image_id"]), []).append(n)
-
-    gt_instances = np.zeros(num_classes, dtype=np.int64)
-    gt_images = np.zeros(num_classes, dtype=np.int64)
-    pair_images, pair_true, pair_pred = [], [], []
-    for image_id in image_ids:
-        anns = [a for a in coco_gt.imgToAnns.get(image_id, []) if int(a["category_id"]) in index_of]
-        objects = [a for a in anns if not a.get("iscrowd", 0)]
-        crowds = [a for a in anns if a.get("iscrowd", 0)]
-        gt_class = np.array([index_of[int(a["category_id"])] for a in objects], dtype=np.int64)
-        np.add.at(gt_instances, gt_class, 1)
-        gt_images[np.unique(gt_class)] += 1
-
-        det_ids = dets_by_image.get(image_id, [])
-        det_ids = sorted(det_ids, key=lambda n: -detections[n]["score"])
-        det_class = np.array([index_of[int(detections[n]["category_id"])] for n in det_ids], dtype=np.int64)
-        det_regions = [_detection_region(detections[n], iou_type, f"detection #{n}") for n in det_ids]
-
-        matches = greedy_match(
-            _iou(det_regions, _regions(coco_gt, objects, iou_type), [False] * len(objects)), iou_threshold
-        )
-        matched_gt = np.zeros(len(objects), dtype=bool)
-        matched_gt[matches[matches >= 0]] = True
-        spurious = matches < 0
-        if crowds and spurious.any():
-            spurious_regions = [r for r, s in zip(det_regions, spurious) if s]
-            covers_crowd = _iou(spurious_regions, _regions(coco_gt, crowds, iou_type), [True] * len(crowds))
-            spurious[np.flatnonzero(spurious)[covers_crowd.max(axis=1) >= iou_threshold]] = False
-
-        true = np.concatenate(
-            [gt_class[matches[matches >= 0]], gt_class[~matched_gt], np.full(int(spurious.sum()), background)]
-        )
-        pred = np.concatenate(
-            [det_class[matches >= 0], np.full(int((~matched_gt).sum()), background), det_class[spurious]]
-        )
-        pair_images.append(np.full(true.size, image_id, dtype=np.int64))
-        pair_true.append(true)
-        pair_pred.append(pred)
-
-    pair_images = np.concatenate(pair_images) if pair_images else np.zeros(0, np.int64)
-    pair_true = np.concatenate(pair_true).astype(np.int64) if pair_true else np.zeros(0, np.int64)
-    pair_pred = np.concatenate(pair_pred).astype(np.int64) if pair_pred else np.zeros(0, np.int64)
-    size = num_classes + 1
-    matrix = np.bincount(pair_true * size + pair_pred, minlength=size * size).reshape(size, size)
-    return Confusion(
+    given = {int(c): float(t) for c, t in (class_thresholds or {}).items()}
+    table = MatchTable(
+        coco_gt,
+        detections,
         category_ids,
-        matrix,
-        gt_instances,
-        gt_images,
-        predicted,
-        pair_images,
-        pair_true,
-        pair_pred,
-        float(score_threshold),
-        float(iou_threshold),
+        iou_threshold,
         iou_type,
+        image_ids,
+        min_score=min([score_threshold, *given.values()]),
     )
+    thresholds = [given.get(c, score_threshold) for c in table.category_ids]
+    return table.confusion(table.keep(thresholds), score_threshold)
