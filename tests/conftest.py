@@ -155,6 +155,17 @@ def copy_run(model_dir: str, destination) -> str:
     return shutil.copytree(model_dir, str(destination))
 
 
+def calibrated_and_plain(detector, calibration, images) -> tuple:
+    """A shared in-memory detector's outputs on `images` calibrated, then as trained (its weights
+    are the model dir's checkpoint; its calibration is put back to none whatever happens)."""
+    detector.calibrate(calibration)
+    try:
+        calibrated = [detector(image) for image in images]
+    finally:
+        detector.calibrate(None)
+    return calibrated, [detector(image) for image in images]
+
+
 @pytest.fixture(scope="session")
 def untrained_model_dir(tmp_path_factory) -> dict:
     """A model dir like training writes (params.yaml + ckpt-1) holding the initial weights of the

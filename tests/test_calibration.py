@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import calibrated_and_plain
 
 from tfmaskrcnn.serving import calibration as norcal
 
@@ -208,17 +209,6 @@ def test_gamma_zero_leaves_every_score_unchanged_and_gamma_changes_them(model_di
     assert np.array_equal(detector(images[0])["scores"], plain[0]["scores"])
 
 
-def _calibrated_and_plain(detector, calibration, images) -> tuple:
-    """The shared in-memory detector's outputs on `images` calibrated, then as trained (its
-    weights are the model dir's checkpoint; its calibration is put back to none)."""
-    detector.calibrate(calibration)
-    try:
-        calibrated = [detector(image) for image in images]
-    finally:
-        detector.calibrate(None)
-    return calibrated, [detector(image) for image in images]
-
-
 @pytest.mark.slow
 def test_calibrate_writes_calibration_json_and_eval_applies_it(model_dir, capsys):
     from tfmaskrcnn import cli
@@ -263,7 +253,7 @@ def test_calibrate_writes_calibration_json_and_eval_applies_it(model_dir, capsys
             if int(example["source_id"]) == first["image_id"]:
                 image = example["image"]
                 break
-        (calibrated,), (plain,) = _calibrated_and_plain(model_dir["detector"], _calibration(directory, 1.0), [image])
+        (calibrated,), (plain,) = calibrated_and_plain(model_dir["detector"], _calibration(directory, 1.0), [image])
         np.testing.assert_allclose(
             sorted(r["score"] for r in image_results), sorted(calibrated["scores"]), atol=6e-6
         )  # COCO results keep 5 decimals
@@ -290,7 +280,7 @@ def test_calibrated_savedmodel_equals_calibrated_checkpoint(model_dir):
     assert saved.calibration == calibration
     with open(os.path.join(export_dir, export.REPORT_FILENAME)) as f:
         assert json.load(f)["calibration"]["gamma"] == 1.0
-    in_process, plain = _calibrated_and_plain(model_dir["detector"], calibration, images)
+    in_process, plain = calibrated_and_plain(model_dir["detector"], calibration, images)
     for index, image in enumerate(images):
         got = saved(image)
         compare_detections(in_process[index], got, f"image {index}")

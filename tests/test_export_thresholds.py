@@ -109,7 +109,7 @@ def _split_classes(raw: dict, expected: dict) -> list:
 
 
 def _photo_whose_thresholds_split_two_classes(detector, num_classes: int) -> tuple:
-    """(path, pixels, raw detections, thresholds): PHOTO, or the first other COCO photo on which
+    """(path, pixels, raw detections, thresholds, kept detections): PHOTO, or the first other COCO photo on which
     the thresholds chosen between the (calibrated) detector's scores split at least two classes.
     What the untrained model detects on one photo may not allow it; the tests need it somewhere."""
     from tfmaskrcnn.serving.detector import keep_decisions
@@ -122,7 +122,7 @@ def _photo_whose_thresholds_split_two_classes(detector, num_classes: int) -> tup
         thresholds = _thresholds_between_scores(raw, num_classes)
         expected = keep_decisions(raw, thresholds)
         if len(_split_classes(raw, expected)) >= 2 and 0 < len(expected["scores"]) < len(raw["scores"]):
-            return path, pixels, raw, thresholds
+            return path, pixels, raw, thresholds, expected
         tried.append((name, np.bincount(raw["classes"], minlength=num_classes + 1).tolist(), thresholds))
     pytest.fail(f"no photo gives two classes to split: (photo, detections per class, thresholds) {tried}")
 
@@ -160,14 +160,13 @@ def thresholded(untrained_model_dir, tmp_path_factory):
 
     try:
         detector.calibrate(gamma_only)
-        photo_path, photo, raw, thresholds = _photo_whose_thresholds_split_two_classes(detector, len(names))
+        photo_path, photo, raw, thresholds, expected = _photo_whose_thresholds_split_two_classes(detector, len(names))
         # `--verify_images` reads the photo with Pillow (then PNG, lossless, to every signature): its
         # pixels may differ from TF's JPEG decoder by a level here and there, so its own detections.
         with Image.open(photo_path) as image:
             raw_verified = detector(np.asarray(image.convert("RGB")))
     finally:
         detector.calibrate(None)
-    expected = keep_decisions(raw, thresholds)
     calibration = norcal.Calibration(
         gamma=GAMMA, class_names=names, class_counts=CLASS_COUNTS, score_thresholds=thresholds
     )

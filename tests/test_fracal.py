@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import calibrated_and_plain
 
 from tfmaskrcnn.serving import calibration as norcal
 from tfmaskrcnn.serving import fracal
@@ -256,11 +257,7 @@ def test_calibrate_fracal_end_to_end_eval_and_export_apply_it(untrained_model_di
         report = json.load(f)["calibration"]
     assert report["method"] == "fracal" and report["fractal_dimensions"] == calibration.fractal_dimensions
     # The shared in-memory detector holds the checkpoint's weights: calibrated, then put back.
-    detector = untrained_model_dir["detector"]
-    detector.calibrate(calibration)
-    try:
-        for index, image in enumerate(images):
-            compare_detections(detector(image), saved(image), f"image {index}")
-    finally:
-        detector.calibrate(None)
-    assert not np.allclose(np.sort(detector(images[0])["scores"]), np.sort(saved(images[0])["scores"]))
+    calibrated, plain = calibrated_and_plain(untrained_model_dir["detector"], calibration, images)
+    for index, image in enumerate(images):
+        compare_detections(calibrated[index], saved(image), f"image {index}")
+    assert not np.allclose(np.sort(plain[0]["scores"]), np.sort(saved(images[0])["scores"]))

@@ -184,3 +184,15 @@ def test_table_counts_once_and_equals_the_confusion_at_any_thresholds():
     for thresholds in ([0.5, 0.5], [0.1, 0.6], [0.8, 0.1], [0.0, 0.0]):
         expected = detection_confusion(gt, detections, class_thresholds={1: thresholds[0], 2: thresholds[1]})
         np.testing.assert_array_equal(table.confusion(table.keep(thresholds), 0.5).matrix, expected.matrix)
+
+
+def test_band_doubt_weighs_the_detections_a_move_drops_or_adds():
+    # 10 objects; 8 found at 0.9, and 12 wrong detections at 0.6: F1 at 0.5 is 16/30 = 0.533, so
+    # dropping the 12 (raising the threshold past 0.6) pays when their precision is below 0.267.
+    scores, matched = [0.9] * 8 + [0.6] * 12, [True] * 8 + [False] * 12
+    assert op.band_doubt(scores, matched, 10, 0.9, 0.5, evidence=0.95) is None  # 0 of 12: at most 0.18
+    doubt = op.band_doubt(scores, matched, 10, 0.9, 0.5, evidence=0.99)
+    assert "rests on 12 detections scored 0.500-0.900, 0 right" in doubt and "at most 0.31" in doubt
+    assert op.band_doubt(scores, matched, 10, 0.8, 0.7, evidence=0.99) is None  # nothing between: no doubt
+    # Adding: a band of 6 detections, 5 right, below a global threshold whose F1 is 0.
+    assert op.band_doubt([0.3] * 6, [True] * 5 + [False], 10, 0.3, 0.5, evidence=0.95) is None
