@@ -158,6 +158,11 @@ def run_one(args, setting: str, seed: int) -> dict:
     return result
 
 
+def _mean_f1(point: dict) -> float:
+    """The classes' mean F1 at one operating point (a class never predicted counts 0)."""
+    return float(np.mean([row["f1"] or 0.0 for row in point["per_class"].values()]))
+
+
 def _fmt(value) -> str:
     return "-" if value is None or not np.isfinite(value) else f"{value:.2f}"
 
@@ -167,7 +172,8 @@ def summarize(results: str, settings, seeds, steps: int) -> str:
         f"5-class shapes (training shares {balance.MIXES[MIX]}), `tfmaskrcnn_shapes_cpu`, {steps} steps; thresholds "
         f"fitted by `calibrate --thresholds {RULE}` on a held-out balanced split, measured on the validation split. "
         f"F1 per class at the global threshold {GLOBAL_THRESHOLD:g} → at per-class thresholds, per seed; alarm "
-        "at each operating point; `over`: largest confident-detection share / ground-truth share.",
+        "at each operating point; mean F1 over the classes (0 for a class never predicted); `over`: largest "
+        "confident-detection share / ground-truth share.",
         "",
     ]
     for setting in settings:
@@ -180,8 +186,8 @@ def summarize(results: str, settings, seeds, steps: int) -> str:
         lines += [
             f"**{setting}** (γ {gammas}):",
             "",
-            "| seed | " + " | ".join(names) + " | F1 not lower | alarm (global → per-class) | over |",
-            "|---|" + "---:|" * len(names) + "---:|---|---|",
+            "| seed | " + " | ".join(names) + " | F1 not lower | mean F1 | alarm (global → per-class) | over |",
+            "|---|" + "---:|" * len(names) + "---:|---:|---|---|",
         ]
         for run in runs:
             cells, kept = [], 0
@@ -193,7 +199,8 @@ def summarize(results: str, settings, seeds, steps: int) -> str:
             lines.append(
                 f"| {run['seed']} | "
                 + " | ".join(cells)
-                + f" | {kept}/{len(names)} | {run['global']['alarm']} → {run['per_class']['alarm']}"
+                + f" | {kept}/{len(names)} | {_fmt(_mean_f1(run['global']))} → {_fmt(_mean_f1(run['per_class']))}"
+                + f" | {run['global']['alarm']} → {run['per_class']['alarm']}"
                 + f" | {_fmt(run['global']['over'])} → {_fmt(run['per_class']['over'])} |"
             )
         lines.append("")

@@ -108,3 +108,12 @@ def test_threshold_rule_errors_before_any_work(capsys):
 
     assert cli.main(["calibrate", "--model_dir", "nowhere", "--data", "x", "--thresholds", "precision:2"]) == 2
     assert "expected f1, precision:P or recall:R" in capsys.readouterr().err
+
+
+def test_evidence_outside_zero_to_one_is_refused_before_any_work(capsys):
+    from tfmaskrcnn import cli
+
+    assert (
+        cli.main(["calibrate", "--model_dir", "nowhere", "--data", "x", "--thresholds", "f1", "--evidence", "1"]) == 2
+    )
+    assert "--evidence 1.0: a confidence in [0, 1)" in capsys.readouterr().err
