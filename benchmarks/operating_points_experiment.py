@@ -183,8 +183,9 @@ def summarize(results: str, settings, seeds, steps: int) -> str:
             continue
         names = list(runs[0]["global"]["per_class"])
         gammas = ", ".join(f"{r['gamma']:g}" for r in runs)
+        evidence = ", ".join(sorted({f"{r.get('evidence', 0):g}" for r in runs}))
         lines += [
-            f"**{setting}** (γ {gammas}):",
+            f"**{setting}** (γ {gammas}; `--evidence` {evidence}):",
             "",
             "| seed | " + " | ".join(names) + " | F1 not lower | mean F1 | alarm (global → per-class) | over |",
             "|---|" + "---:|" * len(names) + "---:|---:|---|---|",
@@ -214,7 +215,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=1000, help="training steps (default: the demo's 1000)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--evidence", type=float, default=0.95, help="calibrate --evidence (default 0.95)")
+    parser.add_argument("--evidence", type=float, default=0.99, help="calibrate --evidence (default 0.99)")
     parser.add_argument("--summary", action="store_true", help="only print the table of the runs done")
     args = parser.parse_args()
     args.results = args.results or os.path.join(

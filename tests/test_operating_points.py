@@ -160,7 +160,7 @@ def test_a_threshold_moves_only_where_the_detections_between_bear_it_out():
 
     # 30 objects of each class, one per image. b: every object found at 0.4 (none at the global
     # 0.5): F1 0 -> 1 on 30 detections, all right. a: 20 found at 0.9 and one more at 0.3: F1 0.8
-    # -> 0.82 on one detection, whose precision (1 of 1) is at least 0.27 at 95% (Wilson), not the
+    # -> 0.82 on one detection, whose precision (1 of 1) is at least 0.01 at 99% (exact), not the
     # 0.4 (half of F1 0.8) that adding it needs.
     objects = [1] * 30 + [2] * 30
     found = [(i, 1, 0.4) for i in range(1, 31)] + [(i, 2, 0.9) for i in range(31, 51)] + [(51, 2, 0.3)]
@@ -169,7 +169,7 @@ def test_a_threshold_moves_only_where_the_detections_between_bear_it_out():
     assert details[0]["threshold"] == 0.4 and details[0]["f1"] == 1.0 and not details[0]["fallback"]
     assert details[1]["threshold"] == 0.5 and details[1]["fallback"]
     assert "its f1 point (0.300) rests on 1 detection scored 0.300-0.500, 1 right" in details[1]["reason"]
-    assert "at least 0.27 at --evidence 0.95, not above 0.40" in details[1]["reason"]
+    assert "at least 0.01 at --evidence 0.99, not above 0.40" in details[1]["reason"]
     weak = op.fit_thresholds(MatchTable(gt, detections, [1, 2]), op.parse_rule("f1"), 0.5, 1, evidence=0)
     assert weak[1]["threshold"] == 0.3  # without the test, the one image decides
 
@@ -190,9 +190,9 @@ def test_band_doubt_weighs_the_detections_a_move_drops_or_adds():
     # 10 objects; 8 found at 0.9, and 12 wrong detections at 0.6: F1 at 0.5 is 16/30 = 0.533, so
     # dropping the 12 (raising the threshold past 0.6) pays when their precision is below 0.267.
     scores, matched = [0.9] * 8 + [0.6] * 12, [True] * 8 + [False] * 12
-    assert op.band_doubt(scores, matched, 10, 0.9, 0.5, evidence=0.95) is None  # 0 of 12: at most 0.18
+    assert op.band_doubt(scores, matched, 10, 0.9, 0.5, evidence=0.95) is None  # 0 of 12: at most 0.22
     doubt = op.band_doubt(scores, matched, 10, 0.9, 0.5, evidence=0.99)
-    assert "rests on 12 detections scored 0.500-0.900, 0 right" in doubt and "at most 0.31" in doubt
+    assert "rests on 12 detections scored 0.500-0.900, 0 right" in doubt and "at most 0.32" in doubt
     assert op.band_doubt(scores, matched, 10, 0.8, 0.7, evidence=0.99) is None  # nothing between: no doubt
     # Adding: a band of 6 detections, 5 right, below a global threshold whose F1 is 0.
     assert op.band_doubt([0.3] * 6, [True] * 5 + [False], 10, 0.3, 0.5, evidence=0.95) is None

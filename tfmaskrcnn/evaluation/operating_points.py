@@ -21,20 +21,19 @@ split can lower the F1 that `eval` reports.) A class with fewer than `min_object
 held-out split, or whose rule cannot be met there, keeps the global threshold and says why
 (`fallback`, `reason`).
 
-The math is numpy over a `confusion.MatchTable`; `tfmaskrcnn calibrate --thresholds` wires it to the model.
+The math is numpy (and one scipy function) over a `confusion.MatchTable`; `tfmaskrcnn calibrate --thresholds` wires it to the model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 DEFAULT_MIN_OBJECTS = 10
-DEFAULT_EVIDENCE = 0.95  # confidence that a threshold's F1 gain over the global one is real (f1 rule)
+DEFAULT_EVIDENCE = 0.99  # confidence that a threshold's F1 gain over the global one is real (f1 rule)
 MATCH_IOU = 0.5
 RULE_HELP = "f1, precision:P or recall:R (P, R in (0, 1])"
 
@@ -207,8 +206,10 @@ def band_doubt(
 
     F1 = 2 TP / (detections + objects), so adding n detections of which h are right raises F1 exactly
     when h / n > F1 / 2, and removing them when h / n < F1 / 2. The detections scored between the
-    two thresholds (the band) decide: the Wilson bound of their precision at `evidence` (one-sided)
-    must clear half the F1 at the global threshold, above it to lower the threshold, below to raise it.
+    two thresholds (the band) decide: the exact (Clopper-Pearson) one-sided bound of their precision
+    at `evidence` must clear half the F1 at the global threshold, above it to lower the threshold,
+    below it to raise it. (Exact, not Wilson's: on one or two detections Wilson's bound is far too
+    sure, and one right detection would move a class whose F1 is low.)
     """
     scores, matched = np.asarray(scores, np.float64), np.asarray(matched, bool)
     low, high = sorted((float(threshold), float(global_threshold)))
@@ -217,10 +218,10 @@ def band_doubt(
     if n == 0:
         return None
     break_even = (point_at(scores, matched, num_objects, global_threshold)["f1"] or 0.0) / 2
-    z = statistics.NormalDist().inv_cdf(evidence)
-    p = hits / n
-    centre, spread = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    lower, upper = (centre - spread) / (1 + z * z / n), (centre + spread) / (1 + z * z / n)
+    from scipy.special import betaincinv  # exact binomial bounds (Clopper-Pearson), one-sided
+
+    lower = float(betaincinv(hits, n - hits + 1, 1.0 - evidence)) if hits else 0.0
+    upper = float(betaincinv(hits + 1, n - hits, evidence)) if hits < n else 1.0
     adding = threshold < global_threshold
     if (lower > break_even) if adding else (upper < break_even):
         return None
