@@ -196,3 +196,16 @@ def test_band_doubt_weighs_the_detections_a_move_drops_or_adds():
     assert op.band_doubt(scores, matched, 10, 0.8, 0.7, evidence=0.99) is None  # nothing between: no doubt
     # Adding: a band of 6 detections, 5 right, below a global threshold whose F1 is 0.
     assert op.band_doubt([0.3] * 6, [True] * 5 + [False], 10, 0.3, 0.5, evidence=0.95) is None
+
+
+def test_the_fit_speed_benchmark_runs_on_the_coco_subset(monkeypatch, capsys):
+    import pathlib
+    import runpy
+
+    script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "threshold_fit_speed.py"
+    monkeypatch.setattr("sys.argv", [str(script), "--repeats", "1"])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert "classes off the global threshold" in out and "evaluate (yardstick)" in out and "fit f1" in out
