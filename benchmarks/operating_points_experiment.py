@@ -40,7 +40,12 @@ GLOBAL_THRESHOLD = balance.CONFIDENT  # 0.5: the demo's and the benchmark's oper
 RULE = "f1"
 MIX = "five"
 # setting -> the class_balance_experiment setting whose model dir it measures.
-SETTINGS = {"stock": "stock", "both_norcal": "both_norcal", "both_norcal_balance": "both_norcal_balance"}
+SETTINGS = {
+    "stock": "stock",
+    "both_norcal": "both_norcal",
+    "both_norcal_balance": "both_norcal_balance",
+    "copy_paste_sampling_norcal_balance": "copy_paste_sampling_norcal_balance",
+}
 
 
 def _run_dir(output: str, steps: int, setting: str, seed: int) -> str:
