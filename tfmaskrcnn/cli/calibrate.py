@@ -214,8 +214,9 @@ def calibrate(
             label_map,
             rule,
             score_threshold,
-            (min_objects, evidence),
             match,
+            min_objects=min_objects,
+            evidence=evidence,
         )
     norcal.save(result, output or os.path.join(model_dir, norcal.CALIBRATION_FILENAME))
     return result
@@ -254,10 +255,10 @@ def fracal_statistics(params, stats, counted_by: str, train_data: Optional[str] 
     }
 
 
-def fit_thresholds(calibration, coco_gt, detections, label_map, rule, global_threshold, guards, match) -> None:
-    """Per-class thresholds by `rule` on the held-out detections of the chosen γ, into `calibration`.
-
-    guards: (min_objects, evidence), as operating_points.fit_thresholds takes them."""
+def fit_thresholds(
+    calibration, coco_gt, detections, label_map, rule, global_threshold, match, *, min_objects, evidence
+) -> None:
+    """Per-class thresholds by `rule` on the held-out detections of the chosen γ, into `calibration`."""
     from tfmaskrcnn.evaluation.confusion import MatchTable
     from tfmaskrcnn.evaluation.evaluate import evaluate
 
@@ -266,7 +267,7 @@ def fit_thresholds(calibration, coco_gt, detections, label_map, rule, global_thr
     details = [
         {"class": label_map.name(class_id), **detail}
         for class_id, detail in enumerate(
-            operating_points.fit_thresholds(table, rule, global_threshold, *guards), start=1
+            operating_points.fit_thresholds(table, rule, global_threshold, min_objects, evidence), start=1
         )
     ]
     calibration.score_thresholds = [d["threshold"] for d in details]
@@ -284,8 +285,8 @@ def fit_thresholds(calibration, coco_gt, detections, label_map, rule, global_thr
         "rule": str(rule),
         "match": f"as `tfmaskrcnn eval --iou-type {match}` counts: class-agnostic, greedy by score, {match} IoU >= "
         f"{operating_points.MATCH_IOU}, crowd ignored",
-        "min_objects": guards[0],
-        "evidence": guards[1] if rule.kind == "f1" else None,
+        "min_objects": min_objects,
+        "evidence": evidence if rule.kind == "f1" else None,
         "global_threshold": global_threshold,
         "fallbacks": [d["class"] for d in details if d["fallback"]],
         "alarm_at_global_threshold": at_global["operating_point"]["alarm"],

@@ -130,8 +130,8 @@ class MatchTable:
     `detection_confusion` counts one operating point; `tfmaskrcnn calibrate --thresholds` counts
     hundreds while it chooses per-class thresholds, so the IoUs (the costly part) are computed once
     for every detection with score >= min_score and each count re-runs only the greedy matching of
-    the detections kept. The arrays `scores`, `classes` (class index 0..K-1) and `image_of` hold one
-    entry per such detection; `keep` arrays index them.
+    the detections kept. The arrays `scores` and `classes` (class index 0..K-1) hold one entry per
+    such detection; `keep` arrays index them.
     """
 
     def __init__(
@@ -171,7 +171,7 @@ class MatchTable:
                 )
             dets_by_image.setdefault(int(det["image_id"]), []).append(n)
 
-        scores, classes, image_of, objects_per_image = [], [], [], []
+        scores, classes = [], []
         self.gt_instances = np.zeros(num_classes, dtype=np.int64)  # non-crowd objects per class
         self.gt_images = np.zeros(num_classes, dtype=np.int64)  # images with at least one
         self.images: list[_Image] = []
@@ -181,7 +181,6 @@ class MatchTable:
             crowds = [a for a in anns if a.get("iscrowd", 0)]
             gt_class = np.array([index_of[int(a["category_id"])] for a in objects], dtype=np.int64)
             np.add.at(self.gt_instances, gt_class, 1)
-            objects_per_image.append(np.bincount(gt_class, minlength=num_classes))
             self.gt_images[np.unique(gt_class)] += 1
 
             det_ids = sorted(dets_by_image.get(image_id, []), key=lambda n: -detections[n]["score"])
@@ -193,14 +192,10 @@ class MatchTable:
             rows = np.arange(len(scores), len(scores) + len(det_ids), dtype=np.int64)
             scores += [float(detections[n]["score"]) for n in det_ids]
             classes += [index_of[int(detections[n]["category_id"])] for n in det_ids]
-            image_of += [len(self.images)] * len(det_ids)
             ious = _iou(regions, _regions(coco_gt, objects, iou_type), [False] * len(objects))
             self.images.append(_Image(image_id, rows, ious, gt_class, on_crowd))
         self.scores = np.asarray(scores, dtype=np.float64)
         self.classes = np.asarray(classes, dtype=np.int64)
-        self.image_of = np.asarray(image_of, dtype=np.int64)  # position in self.images of each detection
-        # [images, K] non-crowd objects of each class per image (for resampling images)
-        self.objects_per_image = np.asarray(objects_per_image, np.int64).reshape(len(self.images), num_classes)
 
     @property
     def num_classes(self) -> int:
@@ -216,11 +211,15 @@ class MatchTable:
         Class-agnostic greedy matching of the kept detections of each image, by descending score."""
         out = np.full(self.scores.size, -1, dtype=np.int64)
         for image in self.images:
-            kept = keep[image.detections]
-            matches = greedy_match(image.ious[kept], self.iou_threshold)
+            kept, matches = self._match(image, keep)
             hit = matches >= 0
             out[image.detections[kept][hit]] = image.gt_class[matches[hit]]
         return out
+
+    def _match(self, image: _Image, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(which of the image's detections are kept, the object column each kept one matched or -1)."""
+        kept = keep[image.detections]
+        return kept, greedy_match(image.ious[kept], self.iou_threshold)
 
     def confusion(self, keep: np.ndarray, score_threshold: float) -> Confusion:
         """The confusion matrix of the kept detections (score_threshold: recorded, for the report)."""
@@ -228,9 +227,8 @@ class MatchTable:
         background = num_classes
         pair_images, pair_true, pair_pred = [], [], []
         for image in self.images:
-            kept = keep[image.detections]
+            kept, matches = self._match(image, keep)
             det_class = self.classes[image.detections[kept]]
-            matches = greedy_match(image.ious[kept], self.iou_threshold)
             matched_gt = np.zeros(image.gt_class.size, dtype=bool)
             matched_gt[matches[matches >= 0]] = True
             spurious = (matches < 0) & ~image.on_crowd[kept]
