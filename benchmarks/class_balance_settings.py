@@ -69,6 +69,9 @@ SETTINGS = {
     # Train-time logit adjustment / Balanced Softmax (Menon et al. 2021; Ren et al. 2020), tau 1: the
     # training counterpart of NorCal; scored with the plain softmax of the raw logits.
     "logit_adjusted": {"task": {"class_balance": {"loss_type": "logit_adjusted", "logit_adjustment_tau": 1.0}}},
+    # The recipe's weights and sampling plus copy-paste: copy-paste + sampling lifted star and circle
+    # the most but left squares 65% of the decisions; the class weights are what kept the recipe's even.
+    "both_copy_paste": merge(BOTH, {"task": {"train_data": {"parser": {"copy_paste": {"enabled": True}}}}}),
 }
 # Second-stage cures of the box classifier (issue 14), applied to a trained run of the base
 # setting with the same seed (trained first when its model dir is missing): `crt` re-trains the
@@ -91,6 +94,7 @@ STAGED = {
     "both_fracal": ("both", "fracal", "ap"),
     "copy_paste_sampling_norcal": ("copy_paste_sampling", "norcal", "ap"),
     "copy_paste_sampling_norcal_balance": ("copy_paste_sampling", "norcal", "balance"),
+    "both_copy_paste_norcal_balance": ("both_copy_paste", "norcal", "balance"),
 }
 # The stages that run `tfmaskrcnn calibrate` (method = stage) instead of training.
 CALIBRATION_STAGES = ("norcal", "fracal")

@@ -90,13 +90,6 @@ def test_rule_errors_say_what_is_expected(text):
         op.parse_rule(text)
 
 
-def test_keep_mask_uses_each_class_threshold():
-    keep = op.keep_mask(np.array([0.3, 0.3, 0.9, 0.5]), np.array([1, 2, 2, 3]), [0.2, 0.95, 0.5])
-    assert keep.tolist() == [True, False, False, True]
-    with pytest.raises(ValueError, match="outside 1..3"):
-        op.keep_mask(np.array([0.3]), np.array([4]), [0.2, 0.95, 0.5])
-
-
 def _one_object_per_image(objects, detections):
     """A COCO ground truth with one 10x10 object per image, and detections on those objects.
 

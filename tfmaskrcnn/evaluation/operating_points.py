@@ -237,15 +237,6 @@ def _round(value: Optional[float]) -> Optional[float]:
     return None if value is None else round(float(value), 4)
 
 
-def keep_mask(scores: np.ndarray, classes: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
-    """Which detections survive per-class thresholds: score >= thresholds[class - 1] (classes 1..K)."""
-    table = np.asarray(thresholds, np.float64)
-    classes = np.asarray(classes, np.int64)
-    if classes.size and (classes.min() < 1 or classes.max() > table.size):
-        raise ValueError(f"detection classes {sorted(set(classes.tolist()))} outside 1..{table.size}")
-    return np.asarray(scores, np.float64) >= table[classes - 1]
-
-
 def f1_per_class(table: Any, keep: np.ndarray) -> np.ndarray:
     """Each class's F1 as `eval` counts it when `keep` detections are kept (0 where undefined)."""
     matched = table.matched_class(keep)
