@@ -45,6 +45,7 @@ SETTINGS = {
     "both_norcal": "both_norcal",
     "both_norcal_balance": "both_norcal_balance",
     "copy_paste_sampling_norcal_balance": "copy_paste_sampling_norcal_balance",
+    "both_copy_paste_norcal_balance": "both_copy_paste_norcal_balance",
 }
 
 
