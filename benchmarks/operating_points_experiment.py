@@ -5,9 +5,10 @@
       --settings stock both_norcal both_norcal_balance
 
 For each setting and seed: the run of `class_balance_experiment.py` (trained in its own process
-at the demo's budget, 1,000 steps; `both_norcal_balance` is the recommended recipe: sqrt-inverse
-weights + repeat-factor sampling + NorCal with γ chosen by the operating point on a held-out
-balanced split, `both_norcal` the same with γ chosen by AP), then
+at the demo's budget, 1,000 steps; `both_norcal_balance` is the recipe without copy-paste:
+sqrt-inverse weights + repeat-factor sampling + NorCal with γ chosen by the operating point on a
+held-out balanced split, `both_norcal` the same with γ chosen by AP,
+`both_copy_paste_norcal_balance` the recommended recipe, with copy-paste), then
 `tfmaskrcnn calibrate --thresholds f1` at the run's γ on that same held-out split (the balanced
 validation split of another data seed: never the split measured on), then, on the validation
 split, per-class precision / recall / F1 and the collapse alarm twice from one set of
